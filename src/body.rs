@@ -1,0 +1,314 @@
+//! Request and response bodies, and the blocking view over them.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body as _, Frame, SizeHint};
+
+use crate::runtime::{park, pool};
+
+/// An HTTP request from a client, with a streaming [`Body`].
+pub type Request = http::Request<Body>;
+
+/// An HTTP response to a client, with a [`Body`].
+pub type Response = http::Response<Body>;
+
+/// A builder for [`Response`]s.
+///
+/// ```
+/// use astra::{Body, ResponseBuilder};
+///
+/// let response = ResponseBuilder::new()
+///     .status(404)
+///     .header("Content-Type", "text/plain")
+///     .body(Body::new("not found"))
+///     .unwrap();
+/// assert_eq!(response.status(), 404);
+/// ```
+pub type ResponseBuilder = http::response::Builder;
+
+/// How many bytes [`Body::wrap_reader`] asks its reader for at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The body of a request or a response.
+///
+/// A body is a stream of [`Bytes`] chunks. A handler reads a request body by
+/// iterating over it, which blocks the handler (never the server) until the next
+/// chunk has arrived, or through [`Body::reader`], which implements [`io::Read`].
+/// Nothing is buffered behind your back: a body of any size streams with bounded
+/// memory.
+///
+/// ```
+/// use astra::{Body, ConnectionInfo, Request, Response};
+///
+/// fn count_bytes(mut request: Request, _info: ConnectionInfo) -> Response {
+///     let mut total = 0;
+///     for chunk in request.body_mut() {
+///         match chunk {
+///             Ok(bytes) => total += bytes.len(),
+///             Err(err) => return Response::new(Body::new(format!("bad body: {err}"))),
+///         }
+///     }
+///     Response::new(Body::new(format!("{total} bytes")))
+/// }
+/// ```
+///
+/// Response bodies are built with [`Body::new`] (bytes known up front, sent with a
+/// `Content-Length`), [`Body::empty`], or [`Body::wrap_reader`] (streamed from any
+/// [`io::Read`], sent chunked unless you set a `Content-Length` header yourself).
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    /// Bytes known up front; `None` once they have been handed out.
+    Full(Option<Bytes>),
+    /// A request body arriving from the connection.
+    Incoming(hyper::body::Incoming),
+    /// A response streamed from a blocking reader.
+    Reader(Box<dyn Read + Send>),
+}
+
+impl Body {
+    /// Creates a body from bytes or a string.
+    ///
+    /// The body's length is known, so a response with this body carries an exact
+    /// `Content-Length`.
+    ///
+    /// ```
+    /// use astra::Body;
+    ///
+    /// let body = Body::new("Hello, World!");
+    /// let body = Body::new(vec![0u8; 1024]);
+    /// ```
+    pub fn new(data: impl Into<Bytes>) -> Body {
+        let bytes = data.into();
+        Body {
+            kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+        }
+    }
+
+    /// Creates an empty body (`Content-Length: 0` in a response).
+    ///
+    /// ```
+    /// use astra::Body;
+    ///
+    /// let mut body = Body::empty();
+    /// assert!(body.next().is_none());
+    /// ```
+    pub fn empty() -> Body {
+        Body {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// Creates a body that streams what `reader` produces, until it returns `Ok(0)`.
+    ///
+    /// The reader is read in chunks as the client accepts data, so memory stays
+    /// bounded however much it produces. Its length is unknown: HTTP/1.1 responses
+    /// are sent chunked, unless the response has a `Content-Length` header, which
+    /// is then trusted (the reader must produce exactly that many bytes).
+    ///
+    /// A read error, or a panic inside the reader, aborts the response: the
+    /// connection is closed (HTTP/1) or the stream reset (HTTP/2), so the client can
+    /// tell the body is incomplete.
+    ///
+    /// ```no_run
+    /// use astra::{Body, Response};
+    /// use std::fs::File;
+    ///
+    /// let file = File::open("video.mp4").unwrap();
+    /// let response = Response::new(Body::wrap_reader(file));
+    /// ```
+    pub fn wrap_reader<R>(reader: R) -> Body
+    where
+        R: Read + Send + 'static,
+    {
+        Body {
+            kind: Kind::Reader(Box::new(reader)),
+        }
+    }
+
+    /// Returns an [`io::Read`] view of this body.
+    ///
+    /// ```
+    /// use astra::{Body, Request};
+    /// use std::io::Read;
+    ///
+    /// fn read_all(request: &mut Request) -> std::io::Result<String> {
+    ///     let mut text = String::new();
+    ///     request.body_mut().reader().read_to_string(&mut text)?;
+    ///     Ok(text)
+    /// }
+    /// # let mut request = Request::new(Body::new("hi"));
+    /// # assert_eq!(read_all(&mut request).unwrap(), "hi");
+    /// ```
+    pub fn reader(&mut self) -> BodyReader<'_> {
+        BodyReader {
+            body: self,
+            pending: Bytes::new(),
+        }
+    }
+
+    pub(crate) fn incoming(incoming: hyper::body::Incoming) -> Body {
+        Body {
+            kind: Kind::Incoming(incoming),
+        }
+    }
+}
+
+impl<T> From<T> for Body
+where
+    Bytes: From<T>,
+{
+    fn from(data: T) -> Body {
+        Body::new(Bytes::from(data))
+    }
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::empty()
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Full(Some(bytes)) => return f.debug_tuple("Body").field(&bytes.len()).finish(),
+            Kind::Full(None) => "empty",
+            Kind::Incoming(_) => "incoming",
+            Kind::Reader(_) => "reader",
+        };
+        f.debug_tuple("Body").field(&kind).finish()
+    }
+}
+
+/// Blocks the calling thread until the next chunk of the body is available.
+///
+/// Trailers are skipped. Yields `None` at the end of the body, and an error if the
+/// client sent an invalid body or went away.
+impl Iterator for Body {
+    type Item = io::Result<Bytes>;
+
+    fn next(&mut self) -> Option<io::Result<Bytes>> {
+        match &mut self.kind {
+            Kind::Full(bytes) => bytes.take().map(Ok),
+            Kind::Reader(reader) => read_chunk(reader.as_mut()).transpose(),
+            Kind::Incoming(incoming) => loop {
+                let frame = park::block_on(std::future::poll_fn(|cx| {
+                    Pin::new(&mut *incoming).poll_frame(cx)
+                }));
+                match frame {
+                    None => return None,
+                    Some(Err(err)) => return Some(Err(io::Error::other(err))),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => continue,
+                        Ok(data) => return Some(Ok(data)),
+                        Err(_trailers) => continue,
+                    },
+                }
+            },
+        }
+    }
+}
+
+/// Reads one chunk from `reader`, `None` at its end.
+fn read_chunk(reader: &mut (dyn Read + Send)) -> io::Result<Option<Bytes>> {
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(Bytes::from(buf)));
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(io::Error::other),
+            Kind::Reader(reader) => {
+                // The reader may block; the pool counts this thread as busy while it
+                // does, and a panic inside it fails this body, not the worker.
+                let result = pool::blocking_section(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        read_chunk(reader.as_mut())
+                    }))
+                });
+                let chunk = result.unwrap_or_else(|_| {
+                    log::error!("a response body reader panicked; aborting the response");
+                    Err(io::Error::other("response body reader panicked"))
+                });
+                Poll::Ready(chunk.map(|c| c.map(Frame::data)).transpose())
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Incoming(incoming) => incoming.is_end_stream(),
+            Kind::Reader(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Incoming(incoming) => incoming.size_hint(),
+            Kind::Reader(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// An [`io::Read`] view of a [`Body`], made by [`Body::reader`].
+///
+/// Reads block until data has arrived. Reaching the end of the body reads `Ok(0)`.
+pub struct BodyReader<'body> {
+    body: &'body mut Body,
+    /// The rest of the chunk the last read did not consume.
+    pending: Bytes,
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.pending.is_empty() {
+            match self.body.next() {
+                Some(chunk) => self.pending = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Ok(n)
+    }
+}
+
+impl fmt::Debug for BodyReader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyReader")
+            .field("body", &self.body)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}

@@ -1,0 +1,128 @@
+//! Sockets registered with the reactor, as hyper's `Read` and `Write`.
+
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use hyper::rt::ReadBufCursor;
+
+use crate::runtime::reactor::{ScheduledIo, READABLE, WRITABLE};
+use crate::runtime::Pool;
+
+/// An accepted TCP connection, registered with the pool's reactor for its whole
+/// life (one registration, deregistered on drop).
+pub(crate) struct TcpConn {
+    stream: mio::net::TcpStream,
+    io: Arc<ScheduledIo>,
+    token: usize,
+    pool: Pool,
+}
+
+impl TcpConn {
+    pub(crate) fn register(mut stream: mio::net::TcpStream, pool: &Pool) -> io::Result<TcpConn> {
+        let (token, io) = pool.reactor().register(&mut stream)?;
+        Ok(TcpConn {
+            stream,
+            io,
+            token,
+            pool: pool.clone(),
+        })
+    }
+
+    /// Runs a non-blocking operation once `direction` is ready, retrying after a
+    /// `WouldBlock` that consumed the readiness.
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        direction: u8,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            let tick = ready!(self.io.poll_ready(cx, direction));
+            match op() {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.io.clear(direction, tick);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for TcpConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let fd = self.stream.as_raw_fd();
+        // SAFETY: `as_mut` hands out the cursor's unfilled, possibly uninitialised
+        // tail; we only pass its pointer and length to recv(2), which writes at
+        // most `len` bytes and never reads them, and we never read it ourselves.
+        let unfilled = unsafe { buf.as_mut() };
+        let n = ready!(self.poll_io(cx, READABLE, || {
+            // SAFETY: the pointer and length describe `unfilled`, a live, writable
+            // region exclusively borrowed for this call.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    unfilled.as_mut_ptr().cast::<libc::c_void>(),
+                    unfilled.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }))?;
+        // SAFETY: recv(2) reported `n` bytes written at the start of `unfilled`,
+        // so exactly those bytes are now initialised (n <= unfilled.len()).
+        unsafe { buf.advance(n) };
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl hyper::rt::Write for TcpConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, WRITABLE, || (&self.stream).write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, WRITABLE, || (&self.stream).write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket; there is nothing buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream.shutdown(std::net::Shutdown::Write) {
+            Err(err) if err.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(err)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        self.pool.reactor().deregister(&mut self.stream, self.token);
+    }
+}

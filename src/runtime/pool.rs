@@ -1,0 +1,429 @@
+//! The worker pool: runs connection tasks and handler jobs, and drives the reactor.
+//!
+//! Threads and their roles:
+//! - **Workers** (at most `max_workers`) run whatever is queued: connection tasks
+//!   (short, never block) and handler jobs (user code, may block). A worker with
+//!   nothing to run becomes the poller if nobody is, and parks otherwise. A job
+//!   spawned by a task goes to the worker's LIFO slot, so the same thread runs the
+//!   handler right after the task yields: the common request needs no hand-off.
+//! - **The reserve thread** never runs handlers. When every worker is blocked
+//!   inside user code, it polls the reactor and runs connection tasks itself, so
+//!   request bodies keep flowing to handlers that wait for them (no deadlock even
+//!   at `max_workers`). While no handler is running it sleeps without ticking.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use super::reactor::Reactor;
+use super::task::Task;
+
+/// A unit of blocking work: a handler call and the delivery of its response.
+pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// How often the reserve thread looks for a stalled reactor while handlers run.
+const RESERVE_TICK: Duration = Duration::from_millis(1);
+/// Quiet ticks (no handler running) before the reserve thread stops ticking.
+const RESERVE_LINGER_TICKS: u32 = 100;
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolConfig {
+    pub(crate) max_workers: usize,
+    pub(crate) keep_alive: Duration,
+}
+
+/// A handle to the pool; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Pool(Arc<Shared>);
+
+struct Shared {
+    reactor: Reactor,
+    config: PoolConfig,
+    state: Mutex<State>,
+    /// Parked workers wait here.
+    worker_cv: Condvar,
+    /// The reserve thread waits here.
+    reserve_cv: Condvar,
+    /// Workers currently inside user code (`blocking_section`).
+    in_blocking: AtomicUsize,
+    /// Set while the reserve thread sleeps without ticking.
+    reserve_parked: AtomicBool,
+    /// Items in the global queues; read without the lock on hot paths.
+    queued: AtomicUsize,
+}
+
+struct State {
+    tasks: VecDeque<Arc<Task>>,
+    jobs: VecDeque<Job>,
+    /// Live worker threads.
+    workers: usize,
+    /// Parked workers not yet notified.
+    parked: usize,
+    /// Notifications sent to parked workers and not yet consumed.
+    wakeups: usize,
+    /// A worker is (about to be) blocked in `poll` and must be woken for new work.
+    polling: bool,
+    shutdown: bool,
+}
+
+enum Runnable {
+    Task(Arc<Task>),
+    Job(Job),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Worker,
+    Reserve,
+}
+
+/// What a pool thread knows about itself.
+struct Context {
+    shared: Arc<Shared>,
+    role: Role,
+    /// Inside user code: new work must go to the shared queues, not to this
+    /// thread, which may block for a long time.
+    blocking: Cell<bool>,
+    lifo: RefCell<Option<Runnable>>,
+}
+
+thread_local! {
+    static CONTEXT: OnceCell<Context> = const { OnceCell::new() };
+}
+
+impl Pool {
+    /// Starts the pool: one worker (which becomes the poller) and the reserve thread.
+    pub(crate) fn start(reactor: Reactor, config: PoolConfig) -> std::io::Result<Pool> {
+        let shared = Arc::new(Shared {
+            reactor,
+            config,
+            state: Mutex::new(State {
+                tasks: VecDeque::new(),
+                jobs: VecDeque::new(),
+                workers: 1,
+                parked: 0,
+                wakeups: 0,
+                polling: false,
+                shutdown: false,
+            }),
+            worker_cv: Condvar::new(),
+            reserve_cv: Condvar::new(),
+            in_blocking: AtomicUsize::new(0),
+            reserve_parked: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+        });
+        let reserve = shared.clone();
+        thread::Builder::new()
+            .name("astra-reserve".into())
+            .spawn(move || reserve_main(reserve))?;
+        let worker = shared.clone();
+        thread::Builder::new()
+            .name("astra-worker".into())
+            .spawn(move || worker_main(worker))?;
+        Ok(Pool(shared))
+    }
+
+    pub(crate) fn reactor(&self) -> &Reactor {
+        &self.0.reactor
+    }
+
+    /// Spawns a future as a task.
+    pub(crate) fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.push_task(Task::new(future, self.clone()));
+    }
+
+    /// Queues a woken task: in this worker's LIFO slot when called from a worker
+    /// that is not inside user code, otherwise on the shared queue.
+    pub(crate) fn push_task(&self, task: Arc<Task>) {
+        self.push_local_or_global(Runnable::Task(task));
+    }
+
+    /// Queues a task behind all other queued work.
+    pub(crate) fn push_task_fair(&self, task: Arc<Task>) {
+        self.push_global(Runnable::Task(task));
+    }
+
+    /// Queues a handler job, preferring the current worker's LIFO slot.
+    pub(crate) fn spawn_handler(&self, job: Job) {
+        self.push_local_or_global(Runnable::Job(job));
+    }
+
+    /// Stops the pool's threads once they have nothing left to do.
+    #[allow(dead_code)] // used by graceful shutdown
+    pub(crate) fn shutdown(&self) {
+        let mut state = self.0.lock();
+        state.shutdown = true;
+        drop(state);
+        self.0.worker_cv.notify_all();
+        self.0.reserve_cv.notify_all();
+        self.0.reactor.wake_driver();
+    }
+
+    fn push_local_or_global(&self, runnable: Runnable) {
+        let displaced = CONTEXT.with(|cell| match cell.get() {
+            Some(cx)
+                if cx.role == Role::Worker
+                    && !cx.blocking.get()
+                    && Arc::ptr_eq(&cx.shared, &self.0) =>
+            {
+                cx.lifo.borrow_mut().replace(runnable)
+            }
+            _ => Some(runnable),
+        });
+        if let Some(runnable) = displaced {
+            self.push_global(runnable);
+        }
+    }
+
+    fn push_global(&self, runnable: Runnable) {
+        let shared = &self.0;
+        let mut state = shared.lock();
+        let is_task = matches!(runnable, Runnable::Task(_));
+        match runnable {
+            Runnable::Task(task) => state.tasks.push_back(task),
+            Runnable::Job(job) => state.jobs.push_back(job),
+        }
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        shared.find_runner(&mut state, is_task);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Workers that are not inside user code.
+    fn available(&self, state: &State) -> usize {
+        state
+            .workers
+            .saturating_sub(self.in_blocking.load(Ordering::SeqCst))
+    }
+
+    /// Makes sure some thread will pick up newly queued work, cheapest way first:
+    /// a parked worker, the worker blocked in `poll`, a worker that is busy but
+    /// will come back, a new worker, and last the reserve thread (tasks only).
+    fn find_runner(self: &Arc<Self>, state: &mut State, is_task: bool) {
+        if state.parked > 0 {
+            state.parked -= 1;
+            state.wakeups += 1;
+            self.worker_cv.notify_one();
+        } else if state.polling {
+            state.polling = false;
+            self.reactor.wake_driver();
+        } else if self.available(state) > 0 {
+            // A worker is running a task and returns to the queue afterwards.
+        } else if state.workers < self.config.max_workers && !state.shutdown {
+            self.spawn_worker(state);
+        } else if is_task {
+            self.reserve_cv.notify_one();
+        }
+    }
+
+    fn spawn_worker(self: &Arc<Self>, state: &mut State) {
+        state.workers += 1;
+        let shared = self.clone();
+        let spawned = thread::Builder::new()
+            .name("astra-worker".into())
+            .spawn(move || worker_main(shared));
+        if let Err(err) = spawned {
+            state.workers -= 1;
+            log::error!("could not start a worker thread: {err}");
+        }
+    }
+
+    fn pop(&self, state: &mut State, jobs_too: bool) -> Option<Runnable> {
+        let runnable = match state.tasks.pop_front() {
+            Some(task) => Runnable::Task(task),
+            None if jobs_too => Runnable::Job(state.jobs.pop_front()?),
+            None => return None,
+        };
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(runnable)
+    }
+}
+
+fn run(runnable: Runnable) {
+    match runnable {
+        Runnable::Task(task) => task.run(),
+        Runnable::Job(job) => {
+            if catch_unwind(AssertUnwindSafe(job)).is_err() {
+                log::error!("a handler job panicked outside the handler");
+            }
+        }
+    }
+}
+
+fn enter(shared: &Arc<Shared>, role: Role) {
+    CONTEXT.with(|cell| {
+        let _ = cell.set(Context {
+            shared: shared.clone(),
+            role,
+            blocking: Cell::new(false),
+            lifo: RefCell::new(None),
+        });
+    });
+}
+
+fn take_lifo() -> Option<Runnable> {
+    CONTEXT.with(|cell| cell.get().and_then(|cx| cx.lifo.borrow_mut().take()))
+}
+
+fn worker_main(shared: Arc<Shared>) {
+    enter(&shared, Role::Worker);
+    loop {
+        if let Some(runnable) = take_lifo() {
+            run(runnable);
+            continue;
+        }
+        let mut state = shared.lock();
+        if let Some(runnable) = shared.pop(&mut state, true) {
+            drop(state);
+            run(runnable);
+            continue;
+        }
+        if state.shutdown {
+            state.workers -= 1;
+            return;
+        }
+        if let Some(mut driver) = shared.reactor.try_driver() {
+            state.polling = true;
+            drop(state);
+            shared.reactor.turn(&mut driver, None, || {
+                shared.lock().polling = false;
+            });
+            continue;
+        }
+        state.parked += 1;
+        let (mut state, timeout) = shared
+            .worker_cv
+            .wait_timeout(state, shared.config.keep_alive)
+            .unwrap_or_else(|e| e.into_inner());
+        if state.wakeups > 0 {
+            state.wakeups -= 1;
+            continue;
+        }
+        state.parked -= 1;
+        // An idle worker leaves, but one always stays to poll the reactor.
+        if timeout.timed_out()
+            && state.workers > 1
+            && state.tasks.is_empty()
+            && state.jobs.is_empty()
+        {
+            state.workers -= 1;
+            return;
+        }
+    }
+}
+
+fn reserve_main(shared: Arc<Shared>) {
+    enter(&shared, Role::Reserve);
+    let mut quiet_ticks = 0;
+    let mut last_epoch = shared.reactor.epoch();
+    let mut state = shared.lock();
+    loop {
+        if state.shutdown {
+            return;
+        }
+        // Run tasks that no worker is free to run.
+        if shared.available(&state) == 0 {
+            if let Some(runnable) = shared.pop(&mut state, false) {
+                drop(state);
+                run(runnable);
+                state = shared.lock();
+                continue;
+            }
+        }
+        let handlers_running = shared.in_blocking.load(Ordering::SeqCst) > 0;
+        if handlers_running {
+            quiet_ticks = 0;
+        } else {
+            quiet_ticks += 1;
+        }
+        // Poll the reactor if nobody has for a whole tick while handlers run.
+        let epoch = shared.reactor.epoch();
+        if handlers_running && epoch == last_epoch {
+            if let Some(mut driver) = shared.reactor.try_driver() {
+                drop(state);
+                shared.reactor.turn(&mut driver, Some(RESERVE_TICK), || {});
+                state = shared.lock();
+                drop(driver);
+                // Hand polling back to a worker if one is parked.
+                if state.parked > 0 {
+                    state.parked -= 1;
+                    state.wakeups += 1;
+                    shared.worker_cv.notify_one();
+                }
+                last_epoch = shared.reactor.epoch();
+                continue;
+            }
+        }
+        last_epoch = epoch;
+        if quiet_ticks > RESERVE_LINGER_TICKS {
+            shared.reserve_parked.store(true, Ordering::SeqCst);
+            // Re-check after publishing the flag: a worker entering user code
+            // either sees the flag and notifies, or is seen here.
+            if shared.in_blocking.load(Ordering::SeqCst) == 0 && state.tasks.is_empty() {
+                state = shared
+                    .reserve_cv
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            shared.reserve_parked.store(false, Ordering::SeqCst);
+            quiet_ticks = 0;
+        } else {
+            state = shared
+                .reserve_cv
+                .wait_timeout(state, RESERVE_TICK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Runs `f`, which may block for a long time (user code), telling the pool that
+/// the current worker is unavailable meanwhile. Outside a worker, just runs `f`.
+pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
+    let shared = CONTEXT.with(|cell| match cell.get() {
+        Some(cx) if cx.role == Role::Worker && !cx.blocking.get() => {
+            cx.blocking.set(true);
+            Some(cx.shared.clone())
+        }
+        _ => None,
+    });
+    let Some(shared) = shared else {
+        return f();
+    };
+    shared.in_blocking.fetch_add(1, Ordering::SeqCst);
+    if shared.reserve_parked.load(Ordering::SeqCst) || shared.queued.load(Ordering::Relaxed) > 0 {
+        let mut state = shared.lock();
+        shared.reserve_cv.notify_one();
+        // Work is waiting and this thread was the last that could take it.
+        let queued_task = !state.tasks.is_empty();
+        if (queued_task || !state.jobs.is_empty()) && shared.available(&state) == 0 {
+            shared.find_runner(&mut state, queued_task);
+        }
+    }
+    struct Exit(Arc<Shared>);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            self.0.in_blocking.fetch_sub(1, Ordering::SeqCst);
+            CONTEXT.with(|cell| {
+                if let Some(cx) = cell.get() {
+                    cx.blocking.set(false);
+                }
+            });
+        }
+    }
+    let _exit = Exit(shared);
+    f()
+}

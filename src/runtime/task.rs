@@ -1,0 +1,118 @@
+//! A spawned future (a connection, or an HTTP/2 stream) and its waker.
+//!
+//! A task is polled by whichever worker picks it up; between polls it sits in no
+//! queue and holds no thread: only its waker, stored with the socket or channel it
+//! waits on, can put it back on the run queue.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use super::pool::Pool;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Not queued, not running: waiting for a wake-up.
+const IDLE: u8 = 0;
+/// In a run queue (or a worker's LIFO slot).
+const SCHEDULED: u8 = 1;
+/// Being polled.
+const RUNNING: u8 = 2;
+/// Being polled, and woken meanwhile: poll it again afterwards.
+const NOTIFIED: u8 = 3;
+/// Finished; wake-ups are ignored.
+const COMPLETE: u8 = 4;
+
+pub(crate) struct Task {
+    state: AtomicU8,
+    future: Mutex<Option<BoxFuture>>,
+    pool: Pool,
+}
+
+impl Task {
+    pub(crate) fn new<F>(future: F, pool: Pool) -> Arc<Task>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Arc::new(Task {
+            state: AtomicU8::new(SCHEDULED),
+            future: Mutex::new(Some(Box::pin(future))),
+            pool,
+        })
+    }
+
+    /// Polls the future once. Called only by the pool, for a scheduled task.
+    pub(crate) fn run(self: Arc<Self>) {
+        self.state.store(RUNNING, Ordering::Release);
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut slot = self.future.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(future) = slot.as_mut() else {
+            return;
+        };
+        // A panic inside hyper or a body must cost this connection only.
+        let outcome = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        match outcome {
+            Ok(Poll::Pending) => {
+                drop(slot);
+                if self
+                    .state
+                    .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Woken while running: queue it again, behind other work, so a
+                    // task that keeps waking itself cannot starve the rest.
+                    self.state.store(SCHEDULED, Ordering::Release);
+                    self.pool.clone().push_task_fair(self.clone());
+                }
+            }
+            Ok(Poll::Ready(())) => {
+                self.state.store(COMPLETE, Ordering::Release);
+                *slot = None;
+            }
+            Err(_) => {
+                log::error!("a connection task panicked; closing that connection");
+                self.state.store(COMPLETE, Ordering::Release);
+                let future = slot.take();
+                drop(slot);
+                // Dropping the future may panic too; keep the worker alive.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+            }
+        }
+    }
+
+    fn schedule(self: &Arc<Self>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let next = match state {
+                IDLE => SCHEDULED,
+                RUNNING => NOTIFIED,
+                _ => return,
+            };
+            match self
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if next == SCHEDULED => {
+                    self.pool.push_task(self.clone());
+                    return;
+                }
+                Ok(_) => return,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+}
+
+impl Wake for Task {
+    fn wake(self: Arc<Self>) {
+        self.schedule();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.schedule();
+    }
+}

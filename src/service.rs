@@ -1,0 +1,192 @@
+//! The `Service` trait users implement, and its adapter to hyper.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use http::StatusCode;
+
+use crate::body::{Body, Request, Response};
+use crate::runtime::pool::Pool;
+
+/// Information about the connection a request arrived on.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionInfo {
+    pub(crate) peer_addr: Option<SocketAddr>,
+}
+
+impl ConnectionInfo {
+    /// The address of the client, if the socket could tell it.
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn who(_request: Request, info: ConnectionInfo) -> Response {
+    ///     match info.peer_addr() {
+    ///         Some(addr) => Response::new(Body::new(format!("hello, {addr}"))),
+    ///         None => Response::new(Body::new("hello, stranger")),
+    ///     }
+    /// }
+    /// ```
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+}
+
+/// A blocking HTTP handler: turns a request into a response.
+///
+/// Implemented for every `Fn(Request, ConnectionInfo) -> Response` closure that is
+/// `Send + 'static`, and for `Arc<S>` of any `Sync` service. Each call runs on a
+/// worker thread of its own, so it may block: sleep, read files, query a database.
+/// A panic inside `call` is caught: the client gets `500 Internal Server Error`
+/// and the server keeps going.
+///
+/// ```
+/// use astra::{Body, ConnectionInfo, Request, Response, Service};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// struct Counter {
+///     hits: AtomicUsize,
+/// }
+///
+/// impl Service for Counter {
+///     fn call(&self, _request: Request, _info: ConnectionInfo) -> Response {
+///         let n = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+///         Response::new(Body::new(format!("hit number {n}")))
+///     }
+/// }
+/// ```
+pub trait Service: Send + 'static {
+    /// Handles one request.
+    fn call(&self, request: Request, info: ConnectionInfo) -> Response;
+}
+
+impl<F> Service for F
+where
+    F: Fn(Request, ConnectionInfo) -> Response + Send + 'static,
+{
+    fn call(&self, request: Request, info: ConnectionInfo) -> Response {
+        self(request, info)
+    }
+}
+
+impl<S> Service for Arc<S>
+where
+    S: Service + Sync,
+{
+    fn call(&self, request: Request, info: ConnectionInfo) -> Response {
+        (**self).call(request, info)
+    }
+}
+
+/// How a connection reaches the user's service from any worker thread.
+pub(crate) trait SharedService: Send + Sync + 'static {
+    fn call_shared(&self, request: Request, info: ConnectionInfo) -> Response;
+}
+
+/// A `Sync` service, shared by reference (`Server::serve`).
+pub(crate) struct ByRef<S>(pub(crate) S);
+
+impl<S: Service + Sync> SharedService for ByRef<S> {
+    fn call_shared(&self, request: Request, info: ConnectionInfo) -> Response {
+        self.0.call(request, info)
+    }
+}
+
+/// A `Clone` service that need not be `Sync`: each request gets its own clone
+/// (`Server::serve_clone`), taken under a lock that is held only for the clone.
+pub(crate) struct ByClone<S>(pub(crate) Mutex<S>);
+
+impl<S: Service + Clone> SharedService for ByClone<S> {
+    fn call_shared(&self, request: Request, info: ConnectionInfo) -> Response {
+        let service = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        service.call(request, info)
+    }
+}
+
+/// The service hyper sees for one connection: each request becomes a job on the
+/// pool, and hyper waits for its response without holding a thread.
+#[derive(Clone)]
+pub(crate) struct HyperService {
+    pub(crate) service: Arc<dyn SharedService>,
+    pub(crate) info: ConnectionInfo,
+    pub(crate) pool: Pool,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = PendingResponse;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let request = request.map(Body::incoming);
+        let service = self.service.clone();
+        let info = self.info.clone();
+        let job_slot = slot.clone();
+        self.pool.spawn_handler(Box::new(move || {
+            let response = run_handler(&*service, request, info);
+            let waker = {
+                let mut slot = job_slot.lock().unwrap_or_else(|e| e.into_inner());
+                slot.response = Some(response);
+                slot.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }));
+        PendingResponse { slot }
+    }
+}
+
+/// Runs the handler, turning a panic into a 500 response.
+fn run_handler(service: &dyn SharedService, request: Request, info: ConnectionInfo) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    match catch_unwind(AssertUnwindSafe(|| service.call_shared(request, info))) {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("non-string panic payload");
+            log::error!("handler panicked on {method} {uri}: {message}; answering 500");
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    response: Option<Response>,
+    waker: Option<Waker>,
+}
+
+/// Resolves when the handler job has produced the response.
+pub(crate) struct PendingResponse {
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl Future for PendingResponse {
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.response.take() {
+            Some(response) => Poll::Ready(Ok(response)),
+            None => {
+                match &mut slot.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    waker => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
