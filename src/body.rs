@@ -54,6 +54,8 @@ const READ_CHUNK: usize = 16 * 1024;
 ///     }
 ///     Response::new(Body::new(format!("{total} bytes")))
 /// }
+/// # let response = count_bytes(Request::new(Body::new("four")), ConnectionInfo::default());
+/// # assert_eq!(response.into_body().next().unwrap().unwrap(), "4 bytes");
 /// ```
 ///
 /// Response bodies are built with [`Body::new`] (bytes known up front, sent with a
@@ -81,8 +83,11 @@ impl Body {
     /// ```
     /// use astra::Body;
     ///
-    /// let body = Body::new("Hello, World!");
-    /// let body = Body::new(vec![0u8; 1024]);
+    /// let mut body = Body::new("Hello, World!");
+    /// assert_eq!(body.next().unwrap().unwrap(), "Hello, World!");
+    ///
+    /// let mut body = Body::new(vec![0u8; 1024]);
+    /// assert_eq!(body.next().unwrap().unwrap().len(), 1024);
     /// ```
     pub fn new(data: impl Into<Bytes>) -> Body {
         let bytes = data.into();
@@ -116,12 +121,17 @@ impl Body {
     /// connection is closed (HTTP/1) or the stream reset (HTTP/2), so the client can
     /// tell the body is incomplete.
     ///
-    /// ```no_run
-    /// use astra::{Body, Response};
+    /// ```
+    /// use astra::{Body, Request, Response};
     /// use std::fs::File;
     ///
-    /// let file = File::open("video.mp4").unwrap();
-    /// let response = Response::new(Body::wrap_reader(file));
+    /// fn download(_request: Request) -> Response {
+    ///     match File::open("video.mp4") {
+    ///         Ok(file) => Response::new(Body::wrap_reader(file)),
+    ///         Err(_) => Response::new(Body::new("no video today")),
+    ///     }
+    /// }
+    /// # let _ = download(Request::new(Body::empty()));
     /// ```
     pub fn wrap_reader<R>(reader: R) -> Body
     where

@@ -107,6 +107,7 @@ impl Server {
     /// use astra::Server;
     ///
     /// let server = Server::bind("localhost:3000");
+    /// println!("listening on {}", server.local_addr().unwrap());
     /// ```
     ///
     /// # Panics
@@ -146,7 +147,9 @@ impl Server {
     /// use std::net::TcpListener;
     ///
     /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
     /// let server = Server::from_listener(listener);
+    /// assert_eq!(server.local_addr()?, addr);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn from_listener(listener: TcpListener) -> Server {

@@ -30,6 +30,7 @@ impl ConnectionInfo {
     ///         None => Response::new(Body::new("hello, stranger")),
     ///     }
     /// }
+    /// # let _ = who(Request::new(Body::empty()), ConnectionInfo::default());
     /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
@@ -58,6 +59,8 @@ impl ConnectionInfo {
 ///         Response::new(Body::new(format!("hit number {n}")))
 ///     }
 /// }
+/// # let counter = Counter { hits: AtomicUsize::new(0) };
+/// # let _ = counter.call(Request::new(Body::empty()), ConnectionInfo::default());
 /// ```
 pub trait Service: Send + 'static {
     /// Handles one request.
