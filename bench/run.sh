@@ -1,0 +1,555 @@
+#!/usr/bin/env bash
+# Runs the benchmark suite. See README.md.
+#
+#   bench/run.sh                 # every scenario, every server
+#   bench/run.sh S1 S3           # some scenarios
+#   QUICK=1 bench/run.sh         # smoke run: 1 repetition, 3 s durations
+#   SERVERS="ours hyper_tokio" bench/run.sh S2
+#
+# Environment: QUICK, REPS, DUR (seconds), SERVERS, S3_CONNS, S4_N, S6_SECS,
+# S6_REPS, UPLOAD_SIZE (for S5's big upload, a `head -c` size), LOGDIR.
+#
+# Every step is bounded with `timeout`; a server that fails or hangs gets
+# "failed: why" in its cell and the run goes on.
+
+set -u -o pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE"
+
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+    REPS=${REPS:-1}
+    DUR=${DUR:-3}
+    S4_N=${S4_N:-50000}
+    S6_SECS=${S6_SECS:-15}
+else
+    REPS=${REPS:-3}
+    DUR=${DUR:-10}
+    S4_N=${S4_N:-200000}
+    S6_SECS=${S6_SECS:-60}
+fi
+S3_CONNS=${S3_CONNS:-5000}
+S6_REPS=${S6_REPS:-$REPS}
+UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
+SERVERS=${SERVERS:-"ours hyper_tokio hyper_blocking astra04 tiny_http limit"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7"}
+REFERENCE=hyper_tokio
+
+declare -A PORT=(
+    [ours]=18081 [hyper_tokio]=18082 [hyper_blocking]=18083
+    [astra04]=18084 [tiny_http]=18085 [limit]=18086
+)
+# Servers without HTTP/2.
+declare -A NO_H2=([tiny_http]=1 [limit]=1)
+# `limit` answers every request with the same 13 bytes and is only meaningful
+# where that is the request: S1, and S3 (idle connections).
+declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1)
+
+CORES=$(nproc)
+MAX_WORKERS=$((15 * CORES))
+BIN="$HERE/target/release"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+LOGDIR=${LOGDIR:-"$HERE/target/bench-logs/$STAMP"}
+RES="$LOGDIR/res"
+REPORT="$LOGDIR/report.md"
+mkdir -p "$RES"
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# ---------------------------------------------------------------- tools, build
+
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    command -v slowhttptest >/dev/null || missing+=(slowhttptest)
+    command -v curl >/dev/null || missing+=(curl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" != 0 ] && sudo="sudo"
+    timeout 600 $sudo apt-get update -qq || log "apt-get update failed"
+    timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+        log "apt-get install ${missing[*]} failed; scenarios needing them will fail"
+}
+
+build() {
+    log "building (release)"
+    if ! timeout 1800 cargo build --release --quiet --manifest-path "$HERE/Cargo.toml"; then
+        log "build failed"
+        exit 1
+    fi
+}
+
+raise_fd_limit() {
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    log "open-file limit: $(ulimit -n)"
+}
+
+# ------------------------------------------------------------ server lifecycle
+
+SERVER_PID=""
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_server NAME: starts it and waits (bounded) until `GET /` answers.
+# On failure prints the reason and returns 1.
+start_server() {
+    local name=$1 port=${PORT[$1]} i
+    for i in $(seq 50); do port_busy "$port" || break; sleep 0.1; done
+    if port_busy "$port"; then
+        echo "port $port still in use"
+        return 1
+    fi
+    "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" &
+    SERVER_PID=$!
+    for i in $(seq 100); do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            wait "$SERVER_PID" 2>/dev/null
+            echo "exited at start (status $?)"
+            SERVER_PID=""
+            return 1
+        fi
+        if [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "did not answer GET / within 10 s of starting"
+    stop_server
+    return 1
+}
+
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    local i
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    for i in $(seq 50); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
+    SERVER_PID=""
+}
+
+# A field of /proc/PID/status, the number only (kB for sizes).
+proc_field() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+server_alive() { [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; }
+
+# ------------------------------------------------------------------- results
+
+# record SCENARIO SERVER METRIC VALUE: one line per repetition.
+record() {
+    mkdir -p "$RES/$1/$2"
+    echo "$4" >>"$RES/$1/$2/$3"
+}
+
+# record_all SCENARIO SERVER VALUE METRIC...: the same value for several metrics.
+record_all() {
+    local sc=$1 server=$2 value=$3 metric
+    shift 3
+    for metric in "$@"; do record "$sc" "$server" "$metric" "$value"; done
+}
+
+is_number() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
+
+# cell SCENARIO SERVER METRIC: the median of the repetitions, or the first
+# failure among them, or "-" if nothing was recorded.
+cell() {
+    local file="$RES/$1/$2/$3" line
+    [ -s "$file" ] || { echo "-"; return; }
+    while IFS= read -r line; do
+        is_number "$line" || { echo "$line"; return; }
+    done <"$file"
+    sort -g "$file" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# fmt VALUE DECIMALS
+fmt() { if is_number "$1"; then printf "%.${2}f" "$1"; else printf "%s" "$1"; fi; }
+
+# ratio A B: A/B as "0.93x", or "-" if either is not a number.
+ratio() {
+    if is_number "$1" && is_number "$2" && awk -v b="$2" 'BEGIN { exit !(b != 0) }'; then
+        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'
+    else
+        printf -- "-"
+    fi
+}
+
+# table SCENARIO "METRIC:LABEL:DECIMALS:RATIO" ...: one markdown table, a column
+# per metric plus a ratio-to-reference column where RATIO is "r".
+table() {
+    local sc=$1 spec metric label dec want server head="| server |" rule="|---|" row value
+    shift
+    for spec in "$@"; do
+        IFS=: read -r metric label dec want <<<"$spec"
+        head+=" $label |"
+        rule+="---:|"
+        if [ "$want" = r ]; then
+            head+=" vs $REFERENCE |"
+            rule+="---:|"
+        fi
+    done
+    echo "$head"
+    echo "$rule"
+    for server in $SERVERS; do
+        row="| $server |"
+        for spec in "$@"; do
+            IFS=: read -r metric label dec want <<<"$spec"
+            value=$(cell "$sc" "$server" "$metric")
+            row+=" $(fmt "$value" "$dec") |"
+            if [ "$want" = r ]; then
+                row+=" $(ratio "$value" "$(cell "$sc" "$REFERENCE" "$metric")") |"
+            fi
+        done
+        echo "$row"
+    done
+}
+
+# --------------------------------------------------------------- load tools
+
+# run_wrk OUTFILE ARGS...: wrk bounded in time; its output goes to OUTFILE.
+run_wrk() {
+    local out=$1
+    shift
+    timeout -k 5 $((DUR + 30)) wrk --latency -d "${DUR}s" "$@" >"$out" 2>&1
+}
+
+# parse_wrk FILE STATUS: prints "rps p99_ms errors requests", or "failed: why".
+parse_wrk() {
+    local file=$1 status=$2
+    if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        echo "failed: wrk did not finish in time"
+        return
+    fi
+    awk -v status="$status" '
+        function ms(v) {
+            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+            if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+            return v + 0
+        }
+        / requests in /           { reqs = $1 }
+        /Requests\/sec:/          { rps = $2 }
+        /^ +99%/                  { p99 = ms($2) }
+        /Socket errors:/          { line = $0; gsub(/,/, "", line); split(line, f, " ");
+                                    sock = f[4] + f[6] + f[8] + f[10]; tmo = f[10] }
+        /Non-2xx or 3xx/          { non2 = $NF }
+        END {
+            if (rps == "") { printf "failed: wrk error (exit %s)\n", status; exit }
+            if (reqs + 0 == 0) { printf "failed: no request answered (%d timeouts)\n", tmo; exit }
+            printf "%s %s %d %d\n", rps, (p99 == "" ? "n/a" : p99), sock + non2, reqs
+        }' "$file"
+}
+
+# wrk_scenario SC SERVER RPS_METRIC P99_METRIC ERR_METRIC ARGS...: one wrk run,
+# recorded.
+wrk_scenario() {
+    local sc=$1 server=$2 m_rps=$3 m_p99=$4 m_err=$5 out parsed rps p99 err
+    shift 5
+    out="$LOGDIR/$sc.$server.$(date +%s%N).wrk"
+    run_wrk "$out" "$@"
+    parsed=$(parse_wrk "$out" $?)
+    if [[ $parsed == failed:* ]]; then
+        record_all "$sc" "$server" "$parsed" "$m_rps" "$m_p99" "$m_err"
+        return
+    fi
+    read -r rps p99 err _ <<<"$parsed"
+    record "$sc" "$server" "$m_rps" "$rps"
+    record "$sc" "$server" "$m_p99" "$p99"
+    record "$sc" "$server" "$m_err" "$err"
+    if ! server_alive; then
+        record_all "$sc" "$server" "failed: server died during the run" "$m_rps"
+    fi
+}
+
+# ------------------------------------------------------------------ scenarios
+
+url() { echo "http://127.0.0.1:${PORT[$1]}$2"; }
+
+s1() { wrk_scenario S1 "$1" rps p99 err -t1 -c64 "$(url "$1" /)"; }
+
+s2() { wrk_scenario S2 "$1" rps p99 err -t1 -c256 "$(url "$1" /sleep)"; }
+
+s3() {
+    local server=$1 out base hp i rss threads opened latency stalled per
+    out="$LOGDIR/S3.$server.$(date +%s%N).out"
+    base=$(proc_field "$SERVER_PID" VmRSS)
+    timeout -k 5 150 "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$S3_CONNS" 60 >"$out" 2>&1 &
+    hp=$!
+    for i in $(seq 1200); do
+        grep -q '^holding' "$out" && break
+        kill -0 "$hp" 2>/dev/null || break
+        sleep 0.1
+    done
+    if grep -q '^holding' "$out"; then
+        sleep 0.5
+        rss=$(proc_field "$SERVER_PID" VmRSS)
+        threads=$(proc_field "$SERVER_PID" Threads)
+    fi
+    kill "$hp" 2>/dev/null
+    wait "$hp" 2>/dev/null
+    opened=$(awk '$1 == "opened" { print $2 }' "$out")
+    stalled=$(sed -n 's/^stalled: //p' "$out")
+    latency=$(sed -n 's/^latency_ms //p; s/^latency \(failed: .*\)/\1/p' "$out")
+    if [ -z "$opened" ] || [ -z "$latency" ]; then
+        record_all S3 "$server" "failed: helper did not finish: $(tail -c 200 "$out" | tr '\n' ' ')" \
+            latency threads rss_per_conn opened
+        return
+    fi
+    record S3 "$server" opened "$opened"
+    [ -n "$stalled" ] && echo "$server: $stalled" >>"$RES/S3.notes"
+    record S3 "$server" latency "$latency"
+    if [ -z "${rss:-}" ] || ! server_alive; then
+        record_all S3 "$server" "failed: server gone" threads rss_per_conn
+        return
+    fi
+    record S3 "$server" threads "$threads"
+    if [ "$opened" -gt 0 ] && [ -n "$base" ]; then
+        per=$(awk -v a="$rss" -v b="$base" -v n="$opened" 'BEGIN { printf "%.2f", (a - b) / n }')
+        record S3 "$server" rss_per_conn "$per"
+    else
+        record S3 "$server" rss_per_conn "failed: no connection opened"
+    fi
+}
+
+s4() {
+    local server=$1 out status
+    if [ -n "${NO_H2[$server]:-}" ]; then
+        record S4 "$server" rps "n/a"
+        return
+    fi
+    out="$LOGDIR/S4.$server.$(date +%s%N).h2load"
+    timeout -k 5 120 h2load -n "$S4_N" -c 16 -m 32 "$(url "$server" /)" >"$out" 2>&1
+    status=$?
+    local parsed
+    parsed=$(awk -v status="$status" -v n="$S4_N" '
+        /^finished in/   { rps = $4 }
+        /^requests:/     { ok = $8 }
+        END {
+            if (status == 124 || status == 137) { print "failed: h2load did not finish in 120 s"; exit }
+            if (rps == "" || ok == "") { printf "failed: h2load error (exit %s)\n", status; exit }
+            if (ok + 0 < n + 0) { printf "failed: %d of %d requests succeeded\n", ok, n; exit }
+            print rps
+        }' "$out")
+    record S4 "$server" rps "$parsed"
+}
+
+s5_wrk() { wrk_scenario S5 "$1" rps p99 err -t1 -c16 -s "$HERE/post1m.lua" "$(url "$1" /echo)"; }
+
+s5_upload() {
+    local server=$1 base peak out status answer secs expected
+    expected=$(head -c "$UPLOAD_SIZE" /dev/zero | wc -c)
+    base=$(proc_field "$SERVER_PID" VmRSS)
+    out="$LOGDIR/S5.$server.$(date +%s%N).upload"
+    # `Expect:` is cleared so curl streams at once instead of waiting up to 1 s
+    # for a 100 Continue; the body is sent chunked, as read from the pipe.
+    head -c "$UPLOAD_SIZE" /dev/zero |
+        timeout -k 5 130 curl -sS -m 120 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+            -T - -X POST -o "$out.body" -w '%{time_total}' "$(url "$server" /echo)" >"$out" 2>&1
+    status=$?
+    peak=$(proc_field "$SERVER_PID" VmHWM)
+    answer=$(cat "$out.body" 2>/dev/null)
+    secs=$(tail -c 50 "$out" | grep -Eo '[0-9]+\.[0-9]+$')
+    if [ "$status" != 0 ]; then
+        record_all S5 "$server" "failed: upload: $(head -c 120 "$out" | tr '\n' ' ')(exit $status)" up_secs up_rss
+    elif [ "$answer" != "$expected" ]; then
+        record_all S5 "$server" "failed: answered '$(head -c 40 <<<"$answer")', expected $expected" up_secs up_rss
+    else
+        record S5 "$server" up_secs "$secs"
+        if [ -n "$peak" ] && [ -n "$base" ]; then
+            record S5 "$server" up_rss "$(awk -v p="$peak" -v b="$base" 'BEGIN { printf "%.1f", (p - b) / 1024 }')"
+        else
+            record S5 "$server" up_rss "failed: server gone"
+        fi
+    fi
+}
+
+s6() {
+    local server=$1 out start next i probes=0 answered=0 code sh
+    out="$LOGDIR/S6.$server.$(date +%s%N)"
+    timeout -k 5 $((S6_SECS + 60)) slowhttptest -c 1000 -H -i 10 -r 200 -l "$S6_SECS" \
+        -u "$(url "$server" /)" >"$out.slowhttptest" 2>&1 &
+    sh=$!
+    start=$(date +%s)
+    for ((i = 1; i * 5 <= S6_SECS; i++)); do
+        next=$((start + 5 * i))
+        while [ "$(date +%s)" -lt "$next" ]; do sleep 0.2; done
+        code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$(url "$server" /)")
+        probes=$((probes + 1))
+        [ "$code" = 200 ] && answered=$((answered + 1))
+        echo "probe $i at +$((5 * i))s: $code" >>"$out.probes"
+    done
+    kill -0 "$sh" 2>/dev/null && sleep 2
+    kill "$sh" 2>/dev/null
+    wait "$sh" 2>/dev/null
+    if [ "$probes" = 0 ]; then
+        record S6 "$server" probes "failed: S6_SECS < 5, no probe"
+    else
+        record S6 "$server" probes "$(awk -v a="$answered" -v p="$probes" 'BEGIN { printf "%.0f", 100 * a / p }')"
+        echo "$server: $answered/$probes probes answered" >>"$RES/S6.notes"
+    fi
+}
+
+s7() { wrk_scenario S7 "$1" rps p99 err -t1 -c1000 "$(url "$1" /1k)"; }
+
+# --------------------------------------------------------------------- driver
+
+# metrics of each scenario, for "n/a" and failure cells
+declare -A METRICS=(
+    [S1]="rps p99 err" [S2]="rps p99 err" [S3]="latency threads rss_per_conn opened"
+    [S4]="rps" [S5]="rps p99 err up_secs up_rss" [S6]="probes" [S7]="rps p99 err"
+)
+
+# start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
+# captures its message through a file instead.
+start_server_checked() {
+    local msg="$LOGDIR/.start_msg"
+    : >"$msg"
+    if start_server "$1" >"$msg"; then return 0; fi
+    cat "$msg"
+    return 1
+}
+
+# once SC SERVER FUNCTION METRICS: a fresh server, one run of FUNCTION, stop.
+once() {
+    local sc=$1 server=$2 fn=$3 metrics=$4
+    if ! start_server_checked "$server" >"$LOGDIR/.why"; then
+        record_all "$sc" "$server" "failed: $(cat "$LOGDIR/.why")" $metrics
+        return
+    fi
+    "$fn" "$server"
+    stop_server
+}
+
+run_scenario() {
+    local sc=$1 server rep reps=$REPS
+    [ "$sc" = S6 ] && reps=$S6_REPS
+    for server in $SERVERS; do
+        if [ "$server" = limit ] && [ -z "${LIMIT_SCENARIOS[$sc]:-}" ]; then
+            record_all "$sc" "$server" "n/a" ${METRICS[$sc]}
+            continue
+        fi
+        for ((rep = 1; rep <= reps; rep++)); do
+            log "$sc $server run $rep/$reps"
+            case $sc in
+                S1) once S1 "$server" s1 "${METRICS[S1]}" ;;
+                S2) once S2 "$server" s2 "${METRICS[S2]}" ;;
+                S3) once S3 "$server" s3 "${METRICS[S3]}" ;;
+                S4) once S4 "$server" s4 "${METRICS[S4]}" ;;
+                S5)
+                    once S5 "$server" s5_wrk "rps p99 err"
+                    once S5 "$server" s5_upload "up_secs up_rss"
+                    ;;
+                S6) once S6 "$server" s6 "${METRICS[S6]}" ;;
+                S7) once S7 "$server" s7 "${METRICS[S7]}" ;;
+                *) log "unknown scenario $sc" ;;
+            esac
+        done
+    done
+}
+
+print_scenario() {
+    local sc=$1
+    case $sc in
+        S1)
+            echo "### S1: hello, HTTP/1.1 keep-alive (\`wrk -t1 -c64 -d${DUR}s --latency /\`)"
+            echo
+            table S1 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:"
+            echo
+            echo "ours vs limit (req/s): $(ratio "$(cell S1 ours rps)" "$(cell S1 limit rps)")"
+            ;;
+        S2)
+            echo "### S2: \`/sleep\` 10 ms (\`wrk -t1 -c256 -d${DUR}s --latency /sleep\`)"
+            echo
+            table S2 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:"
+            echo
+            echo "ideal for ours and astra04 (max_workers = 15 x $CORES cores = $MAX_WORKERS, x 100 req/s): $((MAX_WORKERS * 100)) req/s;" \
+                "ours reached $(ratio "$(cell S2 ours rps)" $((MAX_WORKERS * 100))) of it"
+            ;;
+        S3)
+            echo "### S3: $S3_CONNS idle keep-alive connections, then a new client's \`GET /\`"
+            echo
+            table S3 "latency:new client ms:2:r" "threads:threads:0:r" "rss_per_conn:RSS KiB/idle conn:2:r" "opened:idle conns opened:0:"
+            if [ -s "$RES/S3.notes" ]; then
+                echo
+                sed 's/^/- stalled: /' "$RES/S3.notes" | sort | uniq -c | sed 's/^ *\([0-9]*\) \(.*\)/\2 (x\1)/'
+            fi
+            ;;
+        S4)
+            echo "### S4: HTTP/2 prior knowledge (\`h2load -n $S4_N -c 16 -m 32 /\`)"
+            echo
+            table S4 "rps:req/s:0:r"
+            ;;
+        S5)
+            echo "### S5: \`POST /echo\` 1 MiB bodies (\`wrk -t1 -c16 -d${DUR}s -s post1m.lua\`), and one $UPLOAD_SIZE upload"
+            echo
+            table S5 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "up_secs:$UPLOAD_SIZE upload s:2:r" "up_rss:RSS growth MiB:1:r"
+            ;;
+        S6)
+            echo "### S6: slowloris (\`slowhttptest -c 1000 -H -i 10 -r 200 -l $S6_SECS\`), a \`curl -m 5\` probe every 5 s"
+            echo
+            table S6 "probes:% probes answered:0:r"
+            if [ -s "$RES/S6.notes" ]; then
+                echo
+                sed 's/^/- /' "$RES/S6.notes"
+            fi
+            ;;
+        S7)
+            echo "### S7: 1 KiB responses at 1000 connections (\`wrk -t1 -c1000 -d${DUR}s --latency /1k\`)"
+            echo
+            table S7 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:"
+            ;;
+    esac
+    echo
+}
+
+lock_version() {
+    awk -v name="$1" '
+        $0 == "name = \"" name "\"" { getline; gsub(/version = |"/, ""); print }
+    ' "$HERE/Cargo.lock" | paste -sd, -
+}
+
+header() {
+    echo "## Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
+        "$(uname -sr); load average before: $LOAD_BEFORE"
+    echo "- $(rustc --version); crates (bench/Cargo.lock): hyper $(lock_version hyper)," \
+        "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra)," \
+        "tiny_http $(lock_version tiny_http), mio $(lock_version mio)"
+    echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
+        "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null)"
+    echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
+        "S3 $S3_CONNS connections, S4 $S4_N requests; every server fresh for every repetition;" \
+        "ratios are to $REFERENCE in this run (for latency, threads, RSS and time: lower is better)"
+    echo "- ports: $(for s in $SERVERS; do printf '%s %s, ' "$s" "${PORT[$s]}"; done | sed 's/, $//')"
+    echo
+}
+
+main() {
+    install_tools
+    build
+    raise_fd_limit
+    LOAD_BEFORE=$(cat /proc/loadavg)
+    log "logs in $LOGDIR"
+    local sc
+    for sc in $SCENARIOS; do
+        run_scenario "$sc"
+    done
+    local load_after
+    load_after=$(cat /proc/loadavg)
+    {
+        header
+        for sc in $SCENARIOS; do print_scenario "$sc"; done
+        echo "Load average after: $load_after"
+    } | tee "$REPORT"
+    log "report: $REPORT"
+}
+
+trap 'stop_server; exit 130' INT TERM
+main

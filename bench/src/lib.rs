@@ -1,0 +1,50 @@
+//! Pieces shared by the benchmark servers: the routes' constants and argv handling.
+//!
+//! Every server answers the same routes:
+//!
+//! * `GET /` — `Hello, World!`
+//! * `GET /sleep` — blocks (or, for async servers, awaits a timer) 10 ms, then `Hello, World!`
+//! * `GET /1k` — 1024 bytes
+//! * `POST /echo` — reads the whole body as a stream, counting bytes, and answers
+//!   the count as decimal text
+//! * anything else — 404
+
+use std::time::Duration;
+
+/// Default listen address when argv[1] is absent.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Body of `GET /` and `GET /sleep`.
+pub const HELLO: &str = "Hello, World!";
+
+/// How long `GET /sleep` waits.
+pub const SLEEP: Duration = Duration::from_millis(10);
+
+/// Body of `GET /1k`.
+pub static ONE_K: [u8; 1024] = [b'x'; 1024];
+
+/// The listen address: argv[1], or [`DEFAULT_ADDR`].
+pub fn listen_addr() -> String {
+    std::env::args().nth(1).unwrap_or_else(|| DEFAULT_ADDR.to_string())
+}
+
+/// Which route a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Hello,
+    Sleep,
+    OneK,
+    Echo,
+    NotFound,
+}
+
+/// Maps a method and path to a [`Route`].
+pub fn route(method: &str, path: &str) -> Route {
+    match (method, path) {
+        ("GET", "/") => Route::Hello,
+        ("GET", "/sleep") => Route::Sleep,
+        ("GET", "/1k") => Route::OneK,
+        ("POST", "/echo") => Route::Echo,
+        _ => Route::NotFound,
+    }
+}
