@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use http::StatusCode;
 
 use crate::body::{Body, Request, Response};
-use crate::runtime::pool::Pool;
+use crate::runtime::pool::{self, Pool};
 
 /// Information about the connection a request arrived on.
 #[derive(Clone, Debug, Default)]
@@ -131,7 +131,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
         let info = self.info.clone();
         let job_slot = slot.clone();
         self.pool.spawn_handler(Box::new(move || {
-            let response = run_handler(&*service, request, info);
+            // User code may block: the pool must not count on this thread
+            // (nor queue work behind it) until the handler returns.
+            let response = pool::blocking_section(|| run_handler(&*service, request, info));
             let waker = {
                 let mut slot = job_slot.lock().unwrap_or_else(|e| e.into_inner());
                 slot.response = Some(response);

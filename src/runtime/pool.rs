@@ -54,6 +54,9 @@ struct Shared {
     in_blocking: AtomicUsize,
     /// Set while the reserve thread sleeps without ticking.
     reserve_parked: AtomicBool,
+    /// Set while the reserve thread waits in `poll` because every worker is
+    /// inside user code; cleared (and the poll interrupted) when that changes.
+    reserve_polling: AtomicBool,
     /// Items in the global queues; read without the lock on hot paths.
     queued: AtomicUsize,
 }
@@ -116,6 +119,7 @@ impl Pool {
             reserve_cv: Condvar::new(),
             in_blocking: AtomicUsize::new(0),
             reserve_parked: AtomicBool::new(false),
+            reserve_polling: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
         });
         let reserve = shared.clone();
@@ -224,8 +228,18 @@ impl Shared {
             // A worker is running a task and returns to the queue afterwards.
         } else if state.workers < self.config.max_workers && !state.shutdown {
             self.spawn_worker(state);
+            // The new worker should poll, not the reserve.
+            self.interrupt_reserve_poll();
         } else if is_task {
+            self.interrupt_reserve_poll();
             self.reserve_cv.notify_one();
+        }
+    }
+
+    /// Makes the reserve thread return from `poll` if it is blocked there.
+    fn interrupt_reserve_poll(&self) {
+        if self.reserve_polling.swap(false, Ordering::SeqCst) {
+            self.reactor.wake_driver();
         }
     }
 
@@ -334,8 +348,9 @@ fn reserve_main(shared: Arc<Shared>) {
         if state.shutdown {
             return;
         }
-        // Run tasks that no worker is free to run.
-        if shared.available(&state) == 0 {
+        // Every worker is inside user code: run the tasks they cannot.
+        let saturated = shared.available(&state) == 0;
+        if saturated {
             if let Some(runnable) = shared.pop(&mut state, false) {
                 drop(state);
                 run(runnable);
@@ -349,16 +364,32 @@ fn reserve_main(shared: Arc<Shared>) {
         } else {
             quiet_ticks += 1;
         }
-        // Poll the reactor if nobody has for a whole tick while handlers run.
+        // Poll the reactor while no worker can, or when nobody has for a whole
+        // tick while handlers run (a worker that left polling to run a long
+        // handler while the others are parked).
         let epoch = shared.reactor.epoch();
-        if handlers_running && epoch == last_epoch {
+        if saturated || (handlers_running && epoch == last_epoch) {
             if let Some(mut driver) = shared.reactor.try_driver() {
+                // While saturated, wait for events until a worker comes free
+                // (`interrupt_reserve_poll`); otherwise look once and hand back.
+                let timeout = if saturated {
+                    shared.reserve_polling.store(true, Ordering::SeqCst);
+                    // Re-check after publishing: a worker leaving user code
+                    // either sees the flag or is seen here.
+                    (shared.available(&state) == 0).then_some(RESERVE_TICK * 1000)
+                } else {
+                    None
+                };
                 drop(state);
-                shared.reactor.turn(&mut driver, Some(RESERVE_TICK), || {});
+                shared
+                    .reactor
+                    .turn(&mut driver, Some(timeout.unwrap_or(Duration::ZERO)), || {
+                        shared.reserve_polling.store(false, Ordering::SeqCst);
+                    });
                 state = shared.lock();
                 drop(driver);
                 // Hand polling back to a worker if one is parked.
-                if state.parked > 0 {
+                if shared.available(&state) > 0 && state.parked > 0 {
                     state.parked -= 1;
                     state.wakeups += 1;
                     shared.worker_cv.notify_one();
@@ -417,6 +448,8 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Exit {
         fn drop(&mut self) {
             self.0.in_blocking.fetch_sub(1, Ordering::SeqCst);
+            // This worker is free again: it, not the reserve, should poll.
+            self.0.interrupt_reserve_poll();
             CONTEXT.with(|cell| {
                 if let Some(cx) = cell.get() {
                     cx.blocking.set(false);
