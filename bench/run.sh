@@ -154,6 +154,15 @@ record_all() {
     for metric in "$@"; do record "$sc" "$server" "$metric" "$value"; done
 }
 
+# record_fail SCENARIO SERVER WHY METRIC...: "failed: WHY" in the first metric's
+# cell, "-" in the others.
+record_fail() {
+    local sc=$1 server=$2 why=$3 first=$4
+    shift 4
+    record "$sc" "$server" "$first" "failed: $why"
+    record_all "$sc" "$server" "-" "$@"
+}
+
 is_number() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
 
 # cell SCENARIO SERVER METRIC: the median of the repetitions, or the first
@@ -225,7 +234,7 @@ parse_wrk() {
         echo "failed: wrk did not finish in time"
         return
     fi
-    awk -v status="$status" '
+    awk -v status="$status" -v dur="$DUR" '
         function ms(v) {
             if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
             if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
@@ -241,7 +250,7 @@ parse_wrk() {
         /Non-2xx or 3xx/          { non2 = $NF }
         END {
             if (rps == "") { printf "failed: wrk error (exit %s)\n", status; exit }
-            if (reqs + 0 == 0) { printf "failed: no request answered (%d timeouts)\n", tmo; exit }
+            if (reqs + 0 == 0) { print "failed: no request answered in " dur "s"; exit }
             printf "%s %s %d %d\n", rps, (p99 == "" ? "n/a" : p99), sock + non2, reqs
         }' "$file"
 }
@@ -255,7 +264,7 @@ wrk_scenario() {
     run_wrk "$out" "$@"
     parsed=$(parse_wrk "$out" $?)
     if [[ $parsed == failed:* ]]; then
-        record_all "$sc" "$server" "$parsed" "$m_rps" "$m_p99" "$m_err"
+        record_fail "$sc" "$server" "${parsed#failed: }" "$m_rps" "$m_p99" "$m_err"
         return
     fi
     read -r rps p99 err _ <<<"$parsed"
@@ -263,7 +272,7 @@ wrk_scenario() {
     record "$sc" "$server" "$m_p99" "$p99"
     record "$sc" "$server" "$m_err" "$err"
     if ! server_alive; then
-        record_all "$sc" "$server" "failed: server died during the run" "$m_rps"
+        record "$sc" "$server" "$m_rps" "failed: server died during the run"
     fi
 }
 
@@ -297,7 +306,7 @@ s3() {
     stalled=$(sed -n 's/^stalled: //p' "$out")
     latency=$(sed -n 's/^latency_ms //p; s/^latency \(failed: .*\)/\1/p' "$out")
     if [ -z "$opened" ] || [ -z "$latency" ]; then
-        record_all S3 "$server" "failed: helper did not finish: $(tail -c 200 "$out" | tr '\n' ' ')" \
+        record_fail S3 "$server" "helper did not finish: $(tail -c 120 "$out" | tr '\n' ' ')" \
             latency threads rss_per_conn opened
         return
     fi
@@ -305,7 +314,7 @@ s3() {
     [ -n "$stalled" ] && echo "$server: $stalled" >>"$RES/S3.notes"
     record S3 "$server" latency "$latency"
     if [ -z "${rss:-}" ] || ! server_alive; then
-        record_all S3 "$server" "failed: server gone" threads rss_per_conn
+        record_fail S3 "$server" "server gone" threads rss_per_conn
         return
     fi
     record S3 "$server" threads "$threads"
@@ -344,8 +353,18 @@ s5_wrk() { wrk_scenario S5 "$1" rps p99 err -t1 -c16 -s "$HERE/post1m.lua" "$(ur
 s5_upload() {
     local server=$1 base peak out status answer secs expected
     expected=$(head -c "$UPLOAD_SIZE" /dev/zero | wc -c)
-    base=$(proc_field "$SERVER_PID" VmRSS)
     out="$LOGDIR/S5.$server.$(date +%s%N).upload"
+    # A server that cannot take a 1 MiB body would only make the big upload wait
+    # out its whole limit.
+    head -c 1048576 /dev/zero >"$LOGDIR/.1mib"
+    answer=$(timeout -k 2 15 curl -sS -m 10 -H 'Expect:' --data-binary @"$LOGDIR/.1mib" \
+        "$(url "$server" /echo)" 2>&1)
+    if [ "$answer" != 1048576 ]; then
+        [ -z "$answer" ] || [[ $answer == *"timed out"* ]] && answer="no answer in 10 s"
+        record_fail S5 "$server" "1 MiB POST: $(head -c 80 <<<"$answer" | tr '\n' ' ')" up_secs up_rss
+        return
+    fi
+    base=$(proc_field "$SERVER_PID" VmRSS)
     # `Expect:` is cleared so curl streams at once instead of waiting up to 1 s
     # for a 100 Continue; the body is sent chunked, as read from the pipe.
     head -c "$UPLOAD_SIZE" /dev/zero |
@@ -355,10 +374,12 @@ s5_upload() {
     peak=$(proc_field "$SERVER_PID" VmHWM)
     answer=$(cat "$out.body" 2>/dev/null)
     secs=$(tail -c 50 "$out" | grep -Eo '[0-9]+\.[0-9]+$')
-    if [ "$status" != 0 ]; then
-        record_all S5 "$server" "failed: upload: $(head -c 120 "$out" | tr '\n' ' ')(exit $status)" up_secs up_rss
+    if [ "$status" = 28 ] || [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        record_fail S5 "$server" "no answer in 120 s" up_secs up_rss
+    elif [ "$status" != 0 ]; then
+        record_fail S5 "$server" "curl exit $status: $(head -c 80 "$out" | tr '\n' ' ')" up_secs up_rss
     elif [ "$answer" != "$expected" ]; then
-        record_all S5 "$server" "failed: answered '$(head -c 40 <<<"$answer")', expected $expected" up_secs up_rss
+        record_fail S5 "$server" "answered '$(head -c 40 <<<"$answer")', expected $expected" up_secs up_rss
     else
         record S5 "$server" up_secs "$secs"
         if [ -n "$peak" ] && [ -n "$base" ]; then
@@ -419,7 +440,7 @@ start_server_checked() {
 once() {
     local sc=$1 server=$2 fn=$3 metrics=$4
     if ! start_server_checked "$server" >"$LOGDIR/.why"; then
-        record_all "$sc" "$server" "failed: $(cat "$LOGDIR/.why")" $metrics
+        record_fail "$sc" "$server" "$(cat "$LOGDIR/.why")" $metrics
         return
     fi
     "$fn" "$server"
@@ -520,13 +541,17 @@ header() {
     echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
         "$(uname -sr); load average before: $LOAD_BEFORE"
     echo "- $(rustc --version); crates (bench/Cargo.lock): hyper $(lock_version hyper)," \
-        "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra)," \
+        "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra) (astra04, ours)," \
         "tiny_http $(lock_version tiny_http), mio $(lock_version mio)"
     echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
         "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null)"
     echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
         "S3 $S3_CONNS connections, S4 $S4_N requests; every server fresh for every repetition;" \
         "ratios are to $REFERENCE in this run (for latency, threads, RSS and time: lower is better)"
+    local rev dirty
+    rev=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null)
+    dirty=$(git -C "$HERE/.." status --porcelain -- src Cargo.toml 2>/dev/null | wc -l)
+    echo "- ours built from commit $rev$([ "$dirty" != 0 ] && echo " plus $dirty uncommitted change(s) in src/ or Cargo.toml")"
     echo "- ports: $(for s in $SERVERS; do printf '%s %s, ' "$s" "${PORT[$s]}"; done | sed 's/, $//')"
     echo
 }
