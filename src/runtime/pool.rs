@@ -18,7 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::reactor::Reactor;
 use super::task::Task;
@@ -28,6 +28,11 @@ pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// How often the reserve thread looks for a stalled reactor while handlers run.
 const RESERVE_TICK: Duration = Duration::from_millis(1);
+/// How many runs in a row may come from a worker's LIFO slot before the shared
+/// queue gets a turn: the slot saves a hand-off, but must not starve others.
+const LIFO_BUDGET: u32 = 8;
+/// How long jobs wait with every worker busy before the pool grows.
+const SPAWN_DELAY: Duration = Duration::from_millis(1);
 /// Quiet ticks (no handler running) before the reserve thread stops ticking.
 const RESERVE_LINGER_TICKS: u32 = 100;
 
@@ -52,6 +57,9 @@ struct Shared {
     reserve_cv: Condvar,
     /// Workers currently inside user code (`blocking_section`).
     in_blocking: AtomicUsize,
+    /// Bumped whenever a worker enters or leaves user code; the reserve
+    /// watches it to tell handlers that block from handlers that are busy.
+    handler_epoch: AtomicUsize,
     /// Set while the reserve thread sleeps without ticking.
     reserve_parked: AtomicBool,
     /// Set while the reserve thread waits in `poll` because every worker is
@@ -118,6 +126,7 @@ impl Pool {
             worker_cv: Condvar::new(),
             reserve_cv: Condvar::new(),
             in_blocking: AtomicUsize::new(0),
+            handler_epoch: AtomicUsize::new(0),
             reserve_parked: AtomicBool::new(false),
             reserve_polling: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
@@ -226,14 +235,15 @@ impl Shared {
             self.reactor.wake_driver();
         } else if self.available(state) > 0 {
             // A worker is running a task and returns to the queue afterwards.
-        } else if state.workers < self.config.max_workers && !state.shutdown {
-            self.spawn_worker(state);
-            // The new worker should poll, not the reserve.
-            self.interrupt_reserve_poll();
         } else if is_task {
+            // Every worker is inside user code: the reserve runs tasks.
             self.interrupt_reserve_poll();
             self.reserve_cv.notify_one();
         }
+        // A job with every worker inside user code waits for one to return; if
+        // none has within `SPAWN_DELAY`, the reserve adds workers. Most handlers
+        // return sooner than a thread starts, so the pool grows only for
+        // handlers that really block.
     }
 
     /// Makes the reserve thread return from `poll` if it is blocked there.
@@ -255,11 +265,18 @@ impl Shared {
         }
     }
 
-    fn pop(&self, state: &mut State, jobs_too: bool) -> Option<Runnable> {
-        let runnable = match state.tasks.pop_front() {
-            Some(task) => Runnable::Task(task),
-            None if jobs_too => Runnable::Job(state.jobs.pop_front()?),
-            None => return None,
+    /// Takes queued work: a task or a job, whichever `prefer_jobs` says first;
+    /// tasks only for the reserve thread (`jobs_too` false).
+    fn pop(&self, state: &mut State, jobs_too: bool, prefer_jobs: bool) -> Option<Runnable> {
+        let job_first = jobs_too && prefer_jobs;
+        let runnable = if job_first && !state.jobs.is_empty() {
+            Runnable::Job(state.jobs.pop_front()?)
+        } else if let Some(task) = state.tasks.pop_front() {
+            Runnable::Task(task)
+        } else if jobs_too && !state.jobs.is_empty() {
+            Runnable::Job(state.jobs.pop_front()?)
+        } else {
+            return None;
         };
         self.queued.fetch_sub(1, Ordering::Relaxed);
         Some(runnable)
@@ -294,13 +311,23 @@ fn take_lifo() -> Option<Runnable> {
 
 fn worker_main(shared: Arc<Shared>) {
     enter(&shared, Role::Worker);
+    // Alternate between the two queues so neither starves the other.
+    let mut prefer_jobs = false;
+    let mut lifo_streak = 0;
     loop {
         if let Some(runnable) = take_lifo() {
-            run(runnable);
-            continue;
+            if lifo_streak < LIFO_BUDGET {
+                lifo_streak += 1;
+                run(runnable);
+                continue;
+            }
+            // Let queued work in before this chain goes on.
+            Pool(shared.clone()).push_global(runnable);
         }
+        lifo_streak = 0;
         let mut state = shared.lock();
-        if let Some(runnable) = shared.pop(&mut state, true) {
+        prefer_jobs = !prefer_jobs;
+        if let Some(runnable) = shared.pop(&mut state, true, prefer_jobs) {
             drop(state);
             run(runnable);
             continue;
@@ -343,6 +370,8 @@ fn reserve_main(shared: Arc<Shared>) {
     enter(&shared, Role::Reserve);
     let mut quiet_ticks = 0;
     let mut last_epoch = shared.reactor.epoch();
+    let mut handler_epoch_seen = 0;
+    let mut progress_at = Instant::now();
     let mut state = shared.lock();
     loop {
         if state.shutdown {
@@ -351,12 +380,26 @@ fn reserve_main(shared: Arc<Shared>) {
         // Every worker is inside user code: run the tasks they cannot.
         let saturated = shared.available(&state) == 0;
         if saturated {
-            if let Some(runnable) = shared.pop(&mut state, false) {
+            if let Some(runnable) = shared.pop(&mut state, false, false) {
                 drop(state);
                 run(runnable);
                 state = shared.lock();
                 continue;
             }
+        }
+        // Grow the pool when jobs are queued, every worker is inside a handler,
+        // and none has entered or left one for `SPAWN_DELAY`: the handlers
+        // block, and waiting longer would not free a worker.
+        let handler_epoch = shared.handler_epoch.load(Ordering::SeqCst);
+        if handler_epoch != handler_epoch_seen || !saturated || state.jobs.is_empty() {
+            handler_epoch_seen = handler_epoch;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() >= SPAWN_DELAY && !state.shutdown {
+            let room = shared.config.max_workers.saturating_sub(state.workers);
+            for _ in 0..room.min(state.jobs.len()) {
+                shared.spawn_worker(&mut state);
+            }
+            progress_at = Instant::now();
         }
         let handlers_running = shared.in_blocking.load(Ordering::SeqCst) > 0;
         if handlers_running {
@@ -376,7 +419,7 @@ fn reserve_main(shared: Arc<Shared>) {
                     shared.reserve_polling.store(true, Ordering::SeqCst);
                     // Re-check after publishing: a worker leaving user code
                     // either sees the flag or is seen here.
-                    (shared.available(&state) == 0).then_some(RESERVE_TICK * 1000)
+                    (shared.available(&state) == 0).then_some(RESERVE_TICK)
                 } else {
                     None
                 };
@@ -435,6 +478,7 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
         return f();
     };
     shared.in_blocking.fetch_add(1, Ordering::SeqCst);
+    shared.handler_epoch.fetch_add(1, Ordering::Relaxed);
     if shared.reserve_parked.load(Ordering::SeqCst) || shared.queued.load(Ordering::Relaxed) > 0 {
         let mut state = shared.lock();
         shared.reserve_cv.notify_one();
@@ -448,6 +492,7 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Exit {
         fn drop(&mut self) {
             self.0.in_blocking.fetch_sub(1, Ordering::SeqCst);
+            self.0.handler_epoch.fetch_add(1, Ordering::Relaxed);
             // This worker is free again: it, not the reserve, should poll.
             self.0.interrupt_reserve_poll();
             CONTEXT.with(|cell| {
