@@ -1,0 +1,142 @@
+//! Bodies stream with bounded memory: a 1 GiB upload to a handler that counts
+//! it, and a 1 GiB `wrap_reader` response to a client that is slow at first.
+//! The test process's resident memory (it holds the server) must grow by less
+//! than 64 MiB.
+//!
+//! Each runs in a child process of its own, so other tests' buffers do not
+//! count against it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use astra::{Body, Request, Response, ResponseBuilder};
+use common::RawConn;
+
+const GIB: u64 = 1 << 30;
+/// How much the process may grow while streaming a gigabyte.
+const GROWTH_LIMIT_KIB: u64 = 64 * 1024;
+
+fn report(what: &str, rss_before: u64, hwm_before: u64) {
+    let (rss, hwm) = (common::rss_kib(), common::hwm_kib());
+    eprintln!(
+        "{what}: VmRSS {rss_before} -> {rss} KiB, VmHWM {hwm_before} -> {hwm} KiB (growth {} KiB)",
+        hwm.saturating_sub(rss_before)
+    );
+    assert!(
+        hwm.saturating_sub(rss_before) < GROWTH_LIMIT_KIB,
+        "{what}: peak resident memory grew by {} KiB (limit {GROWTH_LIMIT_KIB} KiB): bodies are buffered",
+        hwm.saturating_sub(rss_before)
+    );
+}
+
+#[test]
+fn upload_1gib_streams_with_bounded_memory() {
+    const TEST: &str = "upload_1gib_streams_with_bounded_memory";
+    if !common::is_child(TEST) {
+        common::run_in_child(TEST, Duration::from_secs(120));
+        return;
+    }
+    let addr = common::start(
+        common::server().max_workers(4),
+        |mut request: Request, _| {
+            let mut len = 0u64;
+            for chunk in request.body_mut() {
+                match chunk {
+                    Ok(data) => len += data.len() as u64,
+                    Err(err) => {
+                        return ResponseBuilder::new()
+                            .status(400)
+                            .body(Body::new(err.to_string()))
+                            .unwrap()
+                    }
+                }
+            }
+            Response::new(Body::new(format!("len={len}")))
+        },
+    );
+    // Warm up: threads, buffers.
+    assert_eq!(common::get(addr, "/").1, "len=0");
+    let (rss_before, hwm_before) = (common::rss_kib(), common::hwm_kib());
+
+    let start = Instant::now();
+    let mut conn = RawConn::open(addr);
+    conn.send(format!("POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {GIB}\r\n\r\n").as_bytes());
+    let block = vec![b'u'; 1 << 20];
+    let mut writer = conn.stream().try_clone().unwrap();
+    for _ in 0..(GIB >> 20) {
+        writer.write_all(&block).expect("uploading");
+    }
+    let response = conn.read_response().unwrap();
+    assert_eq!(response.body_str(), format!("len={GIB}"));
+    eprintln!("1 GiB upload took {:?}", start.elapsed());
+    report("1 GiB upload", rss_before, hwm_before);
+}
+
+#[test]
+fn download_1gib_to_slow_client_streams_with_bounded_memory() {
+    const TEST: &str = "download_1gib_to_slow_client_streams_with_bounded_memory";
+    if !common::is_child(TEST) {
+        common::run_in_child(TEST, Duration::from_secs(120));
+        return;
+    }
+    let addr = common::start(common::server(), |request: Request, _| {
+        if request.uri().path() == "/warm" {
+            return Response::new(Body::new("warm"));
+        }
+        // Chunked: no length known, the reader is the only source of truth.
+        Response::new(Body::wrap_reader(common::Generated::new(GIB)))
+    });
+    assert_eq!(common::get(addr, "/warm").1, "warm");
+    let (rss_before, hwm_before) = (common::rss_kib(), common::hwm_kib());
+
+    let start = Instant::now();
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
+    let (_, status, head, headers) = conn.read_head().unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v == "chunked"),
+        "{head}"
+    );
+
+    // Decode the chunked body by hand without keeping it: slow for a while
+    // (the server must stop reading its reader), then as fast as we can.
+    let slow_until = Instant::now() + Duration::from_secs(2);
+    let mut got = 0u64;
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut conn.reader, &mut line).unwrap();
+        let size = u64::from_str_radix(line.trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {line:?} after {got} bytes"));
+        if size == 0 {
+            break;
+        }
+        let mut left = size;
+        while left > 0 {
+            let slow = Instant::now() < slow_until;
+            let want = left.min(if slow { 4096 } else { buf.len() as u64 }) as usize;
+            conn.reader.read_exact(&mut buf[..want]).unwrap();
+            common::check_pattern(got, &buf[..want]);
+            got += want as u64;
+            left -= want as u64;
+            if slow {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let mut crlf = [0; 2];
+        conn.reader.read_exact(&mut crlf).unwrap();
+        assert_eq!(&crlf, b"\r\n");
+    }
+    let mut end = String::new();
+    std::io::BufRead::read_line(&mut conn.reader, &mut end).unwrap();
+    assert_eq!(end, "\r\n");
+    assert_eq!(got, GIB, "bytes received");
+    eprintln!("1 GiB download took {:?}", start.elapsed());
+    report("1 GiB download to a slow client", rss_before, hwm_before);
+}
