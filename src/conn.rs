@@ -1,9 +1,19 @@
-//! One connection's life: pick the protocol, then let hyper serve it.
+//! One connection's life: pick the protocol, let hyper serve it, and close it
+//! when a timeout fires or the server shuts down.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use hyper::server::conn::http1;
 
 use crate::net::TcpConn;
+use crate::runtime::timer::{Sleep, Timer};
 use crate::service::HyperService;
+use crate::shutdown::ConnectionGuard;
+use crate::timeouts::{Activity, Timeouts};
 
 /// Which protocols a connection may speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,40 +26,81 @@ pub(crate) enum Mode {
     Http2Only,
 }
 
-/// The hyper builders every connection of one server is served with.
+/// What every connection of one server is served with.
 pub(crate) struct Protocols {
     pub(crate) mode: Mode,
     pub(crate) http1: http1::Builder,
     #[cfg(feature = "http2")]
     pub(crate) http2: hyper::server::conn::http2::Builder<crate::runtime::Executor>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) timer: Timer,
 }
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(conn: TcpConn, protocols: &Protocols, service: HyperService) {
+pub(crate) async fn serve(
+    conn: TcpConn,
+    protocols: Arc<Protocols>,
+    service: HyperService,
+    guard: ConnectionGuard,
+) {
     let peer = service.info.peer_addr;
+    let activity = conn.activity().clone();
+    let mut watch = Watch {
+        protocols: protocols.clone(),
+        activity,
+        guard,
+        sleep: None,
+        shutdown_sent: false,
+        keep_alive_only: false,
+    };
     let result = match protocols.mode {
-        Mode::Http1Only => serve_http1(protocols, conn, service).await,
+        Mode::Http1Only => watch.run(serve_http1(&protocols, conn, service)).await,
         #[cfg(feature = "http2")]
-        Mode::Http2Only => protocols.http2.serve_connection(conn, service).await,
+        Mode::Http2Only => {
+            watch.keep_alive_only = true;
+            watch
+                .run(protocols.http2.serve_connection(conn, service))
+                .await
+        }
         #[cfg(not(feature = "http2"))]
-        Mode::Auto => serve_http1(protocols, conn, service).await,
+        Mode::Auto => watch.run(serve_http1(&protocols, conn, service)).await,
         #[cfg(feature = "http2")]
-        Mode::Auto => match crate::detect::detect_http2(conn).await {
-            Ok((true, conn)) => protocols.http2.serve_connection(conn, service).await,
-            Ok((false, conn)) => serve_http1(protocols, conn, service).await,
-            Err(err) => {
+        Mode::Auto => match watch
+            .run(Detect(Box::pin(crate::detect::detect_http2(conn))))
+            .await
+        {
+            Ended::Done(Ok((true, conn))) => {
+                watch.keep_alive_only = true;
+                watch
+                    .run(protocols.http2.serve_connection(conn, service))
+                    .await
+            }
+            Ended::Done(Ok((false, conn))) => {
+                watch.run(serve_http1(&protocols, conn, service)).await
+            }
+            Ended::Done(Err(err)) => {
                 log::debug!("connection from {peer:?} closed before its first request: {err}");
+                return;
+            }
+            Ended::Closed(why) => {
+                log::debug!("closed the connection from {peer:?}: {why}");
                 return;
             }
         },
     };
-    if let Err(err) = result {
+    match result {
+        Ended::Done(Ok(())) => {}
         // Clients that go away mid-request are routine; not worth a warning.
-        log::debug!("connection from {peer:?} ended with an error: {err}");
+        Ended::Done(Err(err)) => log::debug!("connection from {peer:?} ended with an error: {err}"),
+        Ended::Closed(why) => log::debug!("closed the connection from {peer:?}: {why}"),
     }
 }
 
-async fn serve_http1<I>(protocols: &Protocols, io: I, service: HyperService) -> hyper::Result<()>
+fn serve_http1<I>(
+    protocols: &Protocols,
+    io: I,
+    service: HyperService,
+) -> http1::UpgradeableConnection<I, HyperService>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -57,5 +108,126 @@ where
         .http1
         .serve_connection(io, service)
         .with_upgrades()
-        .await
+}
+
+/// A connection future that can be asked to wind down.
+trait Graceful: Future {
+    /// Asks the connection to finish what is in flight and close. Returns false
+    /// if it should be dropped at once instead (nothing in flight to finish).
+    fn graceful_shutdown(self: Pin<&mut Self>) -> bool;
+}
+
+impl<I> Graceful for http1::UpgradeableConnection<I, HyperService>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) -> bool {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+        true
+    }
+}
+
+#[cfg(feature = "http2")]
+impl<I> Graceful
+    for hyper::server::conn::http2::Connection<I, HyperService, crate::runtime::Executor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) -> bool {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+        true
+    }
+}
+
+/// Protocol detection: nothing is in flight yet, so shutdown closes at once.
+#[cfg(feature = "http2")]
+struct Detect<F>(Pin<Box<F>>);
+
+#[cfg(feature = "http2")]
+impl<F: Future> Future for Detect<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+#[cfg(feature = "http2")]
+impl<F: Future> Graceful for Detect<F> {
+    fn graceful_shutdown(self: Pin<&mut Self>) -> bool {
+        false
+    }
+}
+
+/// How a watched future ended.
+enum Ended<T> {
+    Done(T),
+    /// We closed it; the reason names the timeout or the shutdown.
+    Closed(String),
+}
+
+/// Runs a connection's futures under its deadlines and the shutdown signal.
+struct Watch {
+    protocols: Arc<Protocols>,
+    activity: Arc<Activity>,
+    guard: ConnectionGuard,
+    /// Armed at the current deadline, or later (it is re-armed when it fires).
+    sleep: Option<Sleep>,
+    shutdown_sent: bool,
+    keep_alive_only: bool,
+}
+
+impl Watch {
+    async fn run<F: Graceful>(&mut self, future: F) -> Ended<F::Output> {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| self.poll_watched(future.as_mut(), cx)).await
+    }
+
+    fn poll_watched<F: Graceful>(
+        &mut self,
+        mut future: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Ended<F::Output>> {
+        self.guard.watch(cx.waker());
+        let signal = self.guard.signal();
+        if signal.is_forced() {
+            return Poll::Ready(Ended::Closed("shutdown timeout".into()));
+        }
+        if signal.is_requested() && !self.shutdown_sent {
+            self.shutdown_sent = true;
+            if !future.as_mut().graceful_shutdown() {
+                return Poll::Ready(Ended::Closed("server shutting down".into()));
+            }
+        }
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ended::Done(output));
+        }
+        // Pending: arm the timer for the deadline that now applies.
+        loop {
+            let Some((deadline, phase)) = self
+                .activity
+                .deadline(&self.protocols.timeouts, self.keep_alive_only)
+            else {
+                return Poll::Pending;
+            };
+            if Instant::now() >= deadline {
+                return Poll::Ready(Ended::Closed(phase.to_string()));
+            }
+            match &mut self.sleep {
+                // A later deadline: let the armed timer fire first, then re-arm.
+                Some(sleep) if sleep.deadline() <= deadline => {}
+                Some(sleep) => sleep.reset(deadline),
+                None => self.sleep = Some(self.protocols.timer.sleep_until(deadline)),
+            }
+            let sleep = self.sleep.as_mut().expect("armed above");
+            match Pin::new(sleep).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Fired early relative to the current deadline: re-arm for it.
+                Poll::Ready(()) => {
+                    let sleep = self.sleep.as_mut().expect("armed above");
+                    sleep.reset(deadline);
+                }
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@ use hyper::rt::ReadBufCursor;
 
 use crate::runtime::reactor::{ScheduledIo, READABLE, WRITABLE};
 use crate::runtime::Pool;
+use crate::timeouts::Activity;
 
 /// An accepted TCP connection, registered with the pool's reactor for its whole
 /// life (one registration, deregistered on drop).
@@ -18,6 +19,7 @@ pub(crate) struct TcpConn {
     io: Arc<ScheduledIo>,
     token: usize,
     pool: Pool,
+    activity: Arc<Activity>,
 }
 
 impl TcpConn {
@@ -28,7 +30,13 @@ impl TcpConn {
             io,
             token,
             pool: pool.clone(),
+            activity: Activity::new(),
         })
+    }
+
+    /// What this connection has been doing, for its timeouts.
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Runs a non-blocking operation once `direction` is ready, retrying after a
@@ -48,6 +56,16 @@ impl TcpConn {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 result => return Poll::Ready(result),
             }
+        }
+    }
+}
+
+impl TcpConn {
+    /// Tells the send timeout whether the client is taking our bytes.
+    fn note_write(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Pending => self.activity.on_write_blocked(),
+            Poll::Ready(_) => self.activity.on_write(),
         }
     }
 }
@@ -83,6 +101,9 @@ impl hyper::rt::Read for TcpConn {
         // SAFETY: recv(2) reported `n` bytes written at the start of `unfilled`,
         // so exactly those bytes are now initialised (n <= unfilled.len()).
         unsafe { buf.advance(n) };
+        if n > 0 {
+            self.activity.on_read();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -93,7 +114,9 @@ impl hyper::rt::Write for TcpConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, WRITABLE, || (&self.stream).write(buf))
+        let result = self.poll_io(cx, WRITABLE, || (&self.stream).write(buf));
+        self.note_write(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -101,7 +124,9 @@ impl hyper::rt::Write for TcpConn {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, WRITABLE, || (&self.stream).write_vectored(bufs))
+        let result = self.poll_io(cx, WRITABLE, || (&self.stream).write_vectored(bufs));
+        self.note_write(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

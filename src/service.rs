@@ -11,6 +11,7 @@ use http::StatusCode;
 
 use crate::body::{Body, Request, Response};
 use crate::runtime::pool::{self, Pool};
+use crate::timeouts::{Activity, InFlight};
 
 /// Information about the connection a request arrived on.
 #[derive(Clone, Debug, Default)]
@@ -117,14 +118,16 @@ pub(crate) struct HyperService {
     pub(crate) service: Arc<dyn SharedService>,
     pub(crate) info: ConnectionInfo,
     pub(crate) pool: Pool,
+    pub(crate) activity: Arc<Activity>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperService {
-    type Response = Response;
+    type Response = http::Response<ResponseBody>;
     type Error = std::convert::Infallible;
     type Future = PendingResponse;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
+        let in_flight = self.activity.request_started();
         let slot = Arc::new(Mutex::new(Slot::default()));
         let request = request.map(Body::incoming);
         let service = self.service.clone();
@@ -143,7 +146,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
                 waker.wake();
             }
         }));
-        PendingResponse { slot }
+        PendingResponse {
+            slot,
+            in_flight: Some(in_flight),
+        }
     }
 }
 
@@ -176,15 +182,25 @@ struct Slot {
 /// Resolves when the handler job has produced the response.
 pub(crate) struct PendingResponse {
     slot: Arc<Mutex<Slot>>,
+    /// Moves into the response body; dropped with this future if the request
+    /// is abandoned (the client reset the stream).
+    in_flight: Option<InFlight>,
 }
 
 impl Future for PendingResponse {
-    type Output = Result<Response, std::convert::Infallible>;
+    type Output = Result<http::Response<ResponseBody>, std::convert::Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut slot = this.slot.lock().unwrap_or_else(|e| e.into_inner());
         match slot.response.take() {
-            Some(response) => Poll::Ready(Ok(response)),
+            Some(response) => {
+                let in_flight = this.in_flight.take();
+                Poll::Ready(Ok(response.map(|body| ResponseBody {
+                    body,
+                    _in_flight: in_flight,
+                })))
+            }
             None => {
                 match &mut slot.waker {
                     Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -193,5 +209,32 @@ impl Future for PendingResponse {
                 Poll::Pending
             }
         }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper has
+/// taken all of it (or dropped it), so no idle timeout runs meanwhile.
+pub(crate) struct ResponseBody {
+    body: Body,
+    _in_flight: Option<InFlight>,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.body)
     }
 }

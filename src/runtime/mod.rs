@@ -5,6 +5,7 @@ pub(crate) mod park;
 pub(crate) mod pool;
 pub(crate) mod reactor;
 mod task;
+pub(crate) mod timer;
 
 pub(crate) use pool::Pool;
 

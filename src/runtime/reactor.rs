@@ -13,6 +13,8 @@ use std::time::Duration;
 use mio::event::Source;
 use mio::{Events, Interest, Registry, Token};
 
+use super::timer::Timers;
+
 /// The token of the waker that interrupts a blocked `poll`.
 const WAKE_TOKEN: Token = Token(usize::MAX);
 
@@ -94,6 +96,7 @@ pub(crate) struct Reactor {
     registry: Registry,
     waker: mio::Waker,
     sources: Mutex<Slab>,
+    timers: Timers,
     /// Counts how often the driver was taken; lets the reserve thread tell that
     /// nobody has polled for a while.
     epoch: AtomicU64,
@@ -120,6 +123,7 @@ impl Reactor {
             registry,
             waker,
             sources: Mutex::new(Slab::default()),
+            timers: Timers::default(),
             epoch: AtomicU64::new(0),
         })
     }
@@ -134,6 +138,10 @@ impl Reactor {
             Err(TryLockError::WouldBlock) => None,
             Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
         }
+    }
+
+    pub(crate) fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     pub(crate) fn epoch(&self) -> u64 {
@@ -204,7 +212,8 @@ impl Reactor {
         self.sources.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits up to `timeout` for events and wakes the tasks they concern.
+    /// Waits up to `timeout` (or the next timer's deadline, if sooner) for events,
+    /// then wakes the tasks they concern and those whose timers expired.
     /// `after_poll` runs between the wait and the wake-ups. Returns how many
     /// tasks were woken.
     pub(crate) fn turn(
@@ -218,17 +227,17 @@ impl Reactor {
             events,
             wakers,
         } = driver;
+        let timeout = self.timers.before_poll(timeout);
         let polled = poll.poll(events, timeout);
         after_poll();
+        self.timers.after_poll(wakers);
         if let Err(err) = polled {
             if err.kind() != io::ErrorKind::Interrupted {
                 log::error!("polling for socket events failed: {err}");
                 // Do not spin on a persistent error.
                 std::thread::sleep(Duration::from_millis(10));
             }
-            return 0;
-        }
-        {
+        } else {
             let slab = self.lock_sources();
             for event in events.iter() {
                 if event.token() == WAKE_TOKEN {

@@ -1,0 +1,217 @@
+//! Per-connection deadlines: header read, keep-alive idle, and send.
+//!
+//! hyper's own HTTP/1 header-read timer starts whenever it waits for a request
+//! head, so it doubles as the keep-alive timeout and cannot have a value of its
+//! own. We track what the connection is doing instead ([`Activity`], updated by
+//! the socket and by each request) and derive the one deadline that applies.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The connection timeouts of one server; `None` turns one off.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) header_read: Option<Duration>,
+    pub(crate) keep_alive: Option<Duration>,
+    pub(crate) send: Option<Duration>,
+}
+
+/// Which timeout a deadline belongs to; its `Display` names it in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for a complete request head (the first one, or one that started).
+    HeaderRead,
+    /// Idle between requests.
+    KeepAlive,
+    /// A write has been blocked by a client that does not read.
+    Send,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::HeaderRead => "header read timeout",
+            Phase::KeepAlive => "keep-alive timeout",
+            Phase::Send => "send timeout",
+        })
+    }
+}
+
+/// What a connection has been doing. Times are nanoseconds since `start`, plus
+/// one so that zero can mean "not set".
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    /// Requests whose response has not been fully handed to hyper.
+    in_flight: AtomicUsize,
+    /// Requests seen so far.
+    requests: AtomicU64,
+    /// When the last request finished (the connection became idle).
+    idle_since: AtomicU64,
+    /// When the first byte of the next request head arrived.
+    head_started: AtomicU64,
+    /// Since when writes have been blocked.
+    write_blocked: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
+        })
+    }
+
+    fn stamp(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64 + 1
+    }
+
+    fn at(&self, stamp: u64) -> Instant {
+        self.start + Duration::from_nanos(stamp - 1)
+    }
+
+    /// Bytes arrived from the client.
+    pub(crate) fn on_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(self.stamp(), Ordering::Relaxed);
+        }
+    }
+
+    /// A write could not proceed: the client's receive window is full.
+    pub(crate) fn on_write_blocked(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == 0 {
+            self.write_blocked.store(self.stamp(), Ordering::Relaxed);
+        }
+    }
+
+    /// A write made progress.
+    pub(crate) fn on_write(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head was parsed; returns the guard that marks its end.
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The deadline that applies now, if any, and the timeout it belongs to.
+    /// `keep_alive_only`: HTTP/2, where request heads are frames hyper reads on
+    /// its own and an idle connection is timed by the keep-alive timeout alone.
+    pub(crate) fn deadline(
+        &self,
+        timeouts: &Timeouts,
+        keep_alive_only: bool,
+    ) -> Option<(Instant, Phase)> {
+        let mut earliest: Option<(Instant, Phase)> = None;
+        let mut consider = |at: Instant, phase: Phase| {
+            if earliest.map_or(true, |(e, _)| at < e) {
+                earliest = Some((at, phase));
+            }
+        };
+        let write_blocked = self.write_blocked.load(Ordering::Relaxed);
+        if let (Some(send), true) = (timeouts.send, write_blocked != 0) {
+            consider(self.at(write_blocked) + send, Phase::Send);
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let head_started = self.head_started.load(Ordering::Relaxed);
+            let first_request = self.requests.load(Ordering::Relaxed) == 0;
+            if first_request && !keep_alive_only {
+                if let Some(header_read) = timeouts.header_read {
+                    consider(self.start + header_read, Phase::HeaderRead);
+                }
+            } else if head_started != 0 && !keep_alive_only {
+                if let Some(header_read) = timeouts.header_read {
+                    consider(self.at(head_started) + header_read, Phase::HeaderRead);
+                }
+            } else if let Some(keep_alive) = timeouts.keep_alive {
+                let idle_since = self.idle_since.load(Ordering::Relaxed);
+                let since = if idle_since == 0 {
+                    self.start
+                } else {
+                    self.at(idle_since)
+                };
+                consider(since + keep_alive, Phase::KeepAlive);
+            }
+        }
+        earliest
+    }
+}
+
+/// Marks one request as in flight until dropped: when its response body has
+/// been handed to hyper in full, or the request was abandoned.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            activity
+                .idle_since
+                .store(activity.stamp(), Ordering::Relaxed);
+            activity.head_started.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        header_read: Some(Duration::from_secs(30)),
+        keep_alive: Some(Duration::from_secs(75)),
+        send: Some(Duration::from_secs(60)),
+    };
+
+    #[test]
+    fn a_new_connection_has_the_header_read_deadline() {
+        let activity = Activity::new();
+        let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
+        assert_eq!(phase, Phase::HeaderRead);
+    }
+
+    #[test]
+    fn no_deadline_while_a_request_is_in_flight() {
+        let activity = Activity::new();
+        let guard = activity.request_started();
+        assert!(activity.deadline(&TIMEOUTS, false).is_none());
+        drop(guard);
+        let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
+        assert_eq!(phase, Phase::KeepAlive);
+        activity.on_read();
+        let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
+        assert_eq!(phase, Phase::HeaderRead);
+    }
+
+    #[test]
+    fn a_blocked_write_brings_the_send_deadline() {
+        let activity = Activity::new();
+        let _guard = activity.request_started();
+        activity.on_write_blocked();
+        let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
+        assert_eq!(phase, Phase::Send);
+        activity.on_write();
+        assert!(activity.deadline(&TIMEOUTS, false).is_none());
+    }
+
+    #[test]
+    fn http2_connections_use_the_keep_alive_timeout_when_idle() {
+        let activity = Activity::new();
+        let (_, phase) = activity.deadline(&TIMEOUTS, true).unwrap();
+        assert_eq!(phase, Phase::KeepAlive);
+    }
+}
