@@ -11,7 +11,10 @@ mod net;
 mod runtime;
 mod server;
 mod service;
+mod shutdown;
+mod timeouts;
 
 pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
 pub use server::Server;
 pub use service::{ConnectionInfo, Service};
+pub use shutdown::ServerHandle;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 
@@ -12,8 +12,11 @@ use crate::conn::{self, Mode, Protocols};
 use crate::net::TcpConn;
 use crate::runtime::pool::PoolConfig;
 use crate::runtime::reactor::Reactor;
+use crate::runtime::timer::Timer;
 use crate::runtime::Pool;
 use crate::service::{ByClone, ByRef, ConnectionInfo, HyperService, Service, SharedService};
+use crate::shutdown::{ServerHandle, Signal};
+use crate::timeouts::Timeouts;
 
 /// The smallest `http1_max_buf_size` hyper accepts.
 const MIN_HTTP1_BUF_SIZE: usize = 8192;
@@ -21,6 +24,10 @@ const MIN_HTTP1_BUF_SIZE: usize = 8192;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept retries while the error persists.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long connections closed by the shutdown timeout get to go away.
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+const LISTENER: mio::Token = mio::Token(0);
+const WAKER: mio::Token = mio::Token(1);
 
 /// An HTTP server: bind it, set options, then [`serve`](Server::serve) a handler.
 ///
@@ -39,6 +46,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct Server {
     listener: TcpListener,
     config: Config,
+    signal: Arc<Signal>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +61,9 @@ struct Config {
     http1_title_case_headers: bool,
     http1_preserve_header_case: bool,
     mode: Mode,
+    timeouts: Timeouts,
+    shutdown_timeout: Duration,
+    max_connections: Option<usize>,
     #[cfg(feature = "http2")]
     http2: Http2Config,
 }
@@ -69,6 +80,8 @@ struct Http2Config {
     max_send_buf_size: Option<usize>,
     max_header_list_size: Option<u32>,
     enable_connect_protocol: bool,
+    keep_alive_interval: Option<Duration>,
+    keep_alive_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -85,6 +98,13 @@ impl Default for Config {
             http1_title_case_headers: false,
             http1_preserve_header_case: false,
             mode: Mode::Auto,
+            timeouts: Timeouts {
+                header_read: Some(Duration::from_secs(30)),
+                keep_alive: Some(Duration::from_secs(75)),
+                send: Some(Duration::from_secs(60)),
+            },
+            shutdown_timeout: Duration::from_secs(30),
+            max_connections: None,
             #[cfg(feature = "http2")]
             http2: Http2Config::default(),
         }
@@ -156,6 +176,7 @@ impl Server {
         Server {
             listener,
             config: Config::default(),
+            signal: Arc::default(),
         }
     }
 
@@ -230,6 +251,10 @@ impl Server {
     }
 
     fn serve_shared(self, service: Arc<dyn SharedService>) -> io::Result<()> {
+        let signal = self.signal.clone();
+        if signal.is_requested() {
+            return Ok(());
+        }
         let pool = Pool::start(
             Reactor::new()?,
             PoolConfig {
@@ -242,23 +267,39 @@ impl Server {
         let mut listener = mio::net::TcpListener::from_std(self.listener);
         let mut poll = mio::Poll::new()?;
         poll.registry()
-            .register(&mut listener, mio::Token(0), mio::Interest::READABLE)?;
+            .register(&mut listener, LISTENER, mio::Interest::READABLE)?;
+        signal.set_accept_waker(mio::Waker::new(poll.registry(), WAKER)?);
         let mut events = mio::Events::with_capacity(8);
         let mut backoff = ACCEPT_BACKOFF_MIN;
-        loop {
+        let mut limit = self
+            .config
+            .max_connections
+            .unwrap_or_else(descriptor_budget);
+        while !signal.is_requested() {
+            if signal.live() >= limit {
+                if self.config.max_connections.is_none() {
+                    // The descriptor limit may have been raised since.
+                    limit = descriptor_budget();
+                    if signal.live() < limit {
+                        continue;
+                    }
+                }
+                // Leave new clients in the kernel's backlog until one closes.
+                signal.set_accept_waiting(true);
+                if signal.live() >= limit && !signal.is_requested() {
+                    wait(&mut poll, &mut events, None);
+                }
+                signal.set_accept_waiting(false);
+                continue;
+            }
             // Accept until the backlog is empty: the listener is edge-triggered.
             match listener.accept() {
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    start_connection(stream, peer, &pool, &protocols, &service);
+                    start_connection(stream, peer, &pool, &protocols, &service, &signal);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(err) = poll.poll(&mut events, None) {
-                        if err.kind() != io::ErrorKind::Interrupted {
-                            log::error!("waiting for new connections failed: {err}");
-                            std::thread::sleep(backoff);
-                        }
-                    }
+                    wait(&mut poll, &mut events, None);
                 }
                 Err(err) if is_connection_error(&err) => {
                     // That one connection failed; the next may be fine.
@@ -267,11 +308,111 @@ impl Server {
                 Err(err) => {
                     // Out of descriptors or memory: retrying at once would spin.
                     log::error!("accepting connections failed: {err}; retrying in {backoff:?}");
-                    std::thread::sleep(backoff);
+                    wait(&mut poll, &mut events, Some(backoff));
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
         }
+        // Refuse new connections from here on, then drain the live ones.
+        drop(listener);
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        while signal.live() > 0 && Instant::now() < deadline {
+            wait(&mut poll, &mut events, Some(deadline - Instant::now()));
+        }
+        if signal.live() > 0 {
+            log::warn!(
+                "shutdown timeout: closing {} connections still open after {:?}",
+                signal.live(),
+                self.config.shutdown_timeout
+            );
+            signal.force();
+            let deadline = Instant::now() + FORCED_CLOSE_GRACE;
+            while signal.live() > 0 && Instant::now() < deadline {
+                wait(&mut poll, &mut events, Some(deadline - Instant::now()));
+            }
+        }
+        pool.shutdown();
+        log::info!("server shut down");
+        Ok(())
+    }
+
+    /// A handle that shuts the server down gracefully from another thread; see
+    /// [`ServerHandle::shutdown`].
+    ///
+    /// ```
+    /// use astra::{Body, Response, Server};
+    ///
+    /// let server = Server::bind("127.0.0.1:0");
+    /// let handle = server.handle();
+    /// handle.shutdown(); // before serve: serve returns at once
+    /// server.serve(|_req, _info| Response::new(Body::empty())).unwrap();
+    /// ```
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            signal: self.signal.clone(),
+        }
+    }
+
+    /// How long a graceful shutdown waits for requests in flight to finish.
+    /// Connections still open then are closed, mid-request or not.
+    ///
+    /// Default is 30 seconds.
+    pub fn shutdown_timeout(mut self, val: Duration) -> Self {
+        self.config.shutdown_timeout = val;
+        self
+    }
+
+    /// The most connections served at once. At the limit the server stops
+    /// accepting: new clients wait in the kernel's listen backlog (they are not
+    /// accepted and dropped) and are accepted as connections close.
+    ///
+    /// Default is three quarters of the process's file-descriptor limit
+    /// (`RLIMIT_NOFILE`, read again whenever the limit is reached), so that a
+    /// flood of connections leaves descriptors for what handlers open: files,
+    /// database connections. Raise the descriptor limit (`ulimit -n`) to serve
+    /// more connections.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `val` is 0.
+    pub fn max_connections(mut self, val: usize) -> Self {
+        assert!(val > 0, "astra: max_connections must be at least 1");
+        self.config.max_connections = Some(val);
+        self
+    }
+
+    /// How long a client may take to send a complete request head, counted from
+    /// when the connection opens (first request) or from the head's first byte
+    /// (later requests). A client that sends nothing, or its head byte by byte
+    /// (Slowloris), is disconnected when it runs out. Also bounds how long a new
+    /// connection may stay silent before the protocol (HTTP/1 or HTTP/2) is known.
+    /// `None` turns it off.
+    ///
+    /// Default is 30 seconds.
+    pub fn http1_header_read_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.header_read = val.into();
+        self
+    }
+
+    /// How long a keep-alive connection may stay idle between requests before
+    /// it is closed (HTTP/1 between requests; HTTP/2 with no stream open).
+    /// `None` keeps idle connections open until the client closes them (they
+    /// hold no thread, only a descriptor and a few KiB).
+    ///
+    /// Default is 75 seconds (nginx's `keepalive_timeout`).
+    pub fn http1_keep_alive_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.keep_alive = val.into();
+        self
+    }
+
+    /// How long a write may stay blocked because the client does not read its
+    /// response (slow-read attacks, dead peers). The connection is then closed.
+    /// A blocked write never holds a worker thread. `None` turns it off.
+    ///
+    /// Default is 60 seconds (nginx's `send_timeout`).
+    pub fn send_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.send = val.into();
+        self
     }
 
     /// The most worker threads that run handlers at once. When all are busy, new
@@ -454,6 +595,27 @@ impl Server {
         self
     }
 
+    /// How often to send HTTP/2 PING frames to check that an idle client is
+    /// still there; see [`Server::http2_keep_alive_timeout`]. `None` sends none.
+    ///
+    /// Default is `None` (hyper's): idle HTTP/2 connections are still closed by
+    /// [`Server::http1_keep_alive_timeout`].
+    #[cfg(feature = "http2")]
+    pub fn http2_keep_alive_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.config.http2.keep_alive_interval = interval.into();
+        self
+    }
+
+    /// How long to wait for the answer to a keep-alive PING before closing the
+    /// connection. Only used when [`Server::http2_keep_alive_interval`] is set.
+    ///
+    /// Default is 20 seconds (hyper's).
+    #[cfg(feature = "http2")]
+    pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.config.http2.keep_alive_timeout = Some(timeout);
+        self
+    }
+
     /// Enables the extended CONNECT protocol (RFC 8441), used for WebSockets
     /// over HTTP/2.
     ///
@@ -466,7 +628,7 @@ impl Server {
 }
 
 impl Config {
-    fn protocols(&self, #[allow(unused_variables)] pool: &Pool) -> Protocols {
+    fn protocols(&self, pool: &Pool) -> Protocols {
         let mut http1 = http1::Builder::new();
         http1
             .keep_alive(self.http1_keep_alive)
@@ -505,12 +667,20 @@ impl Config {
                 http2.enable_connect_protocol();
             }
             http2
+                .timer(Timer(pool.clone()))
+                .keep_alive_interval(c.keep_alive_interval);
+            if let Some(timeout) = c.keep_alive_timeout {
+                http2.keep_alive_timeout(timeout);
+            }
+            http2
         };
         Protocols {
             mode: self.mode,
             http1,
             #[cfg(feature = "http2")]
             http2,
+            timeouts: self.timeouts,
+            timer: Timer(pool.clone()),
         }
     }
 }
@@ -521,6 +691,7 @@ fn start_connection(
     pool: &Pool,
     protocols: &Arc<Protocols>,
     service: &Arc<dyn SharedService>,
+    signal: &Arc<Signal>,
 ) {
     if let Err(err) = stream.set_nodelay(true) {
         log::debug!("could not set TCP_NODELAY for {peer}: {err}");
@@ -538,9 +709,10 @@ fn start_connection(
             peer_addr: Some(peer),
         },
         pool: pool.clone(),
+        activity: conn.activity().clone(),
     };
-    let protocols = protocols.clone();
-    pool.spawn(async move { conn::serve(conn, &protocols, service).await });
+    let guard = signal.connection();
+    pool.spawn(conn::serve(conn, protocols.clone(), service, guard));
 }
 
 /// Errors that concern only the connection being accepted.
@@ -552,4 +724,45 @@ fn is_connection_error(err: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::PermissionDenied
     ) || matches!(err.raw_os_error(), Some(libc::EPROTO) | Some(libc::EPERM))
+}
+
+/// Waits for the listener or the waker, up to `timeout` (`None`: no limit). A
+/// wake-up from the waker (shutdown, a connection closing) ends the wait early;
+/// listener events do not when a timeout is given, so a back-off is not cut
+/// short by a flood of new clients.
+fn wait(poll: &mut mio::Poll, events: &mut mio::Events, timeout: Option<Duration>) {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Err(err) = poll.poll(events, remaining) {
+            if err.kind() != io::ErrorKind::Interrupted {
+                log::error!("waiting for new connections failed: {err}");
+                std::thread::sleep(ACCEPT_BACKOFF_MIN);
+            }
+            return;
+        }
+        let woken = events.iter().any(|e| e.token() == WAKER);
+        match deadline {
+            None => return,
+            Some(_) if woken => return,
+            Some(d) if Instant::now() >= d => return,
+            Some(_) => {}
+        }
+    }
+}
+
+/// The default connection limit: three quarters of the descriptor limit.
+fn descriptor_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live local.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return usize::MAX;
+    }
+    usize::try_from(limit.rlim_cur / 4 * 3)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }

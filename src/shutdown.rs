@@ -1,0 +1,172 @@
+//! Graceful shutdown: the handle users hold, and the signal connections watch.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
+
+/// Stops a running [`Server`](crate::Server) gracefully, from any thread.
+///
+/// Get one with [`Server::handle`](crate::Server::handle) before calling
+/// `serve`. [`shutdown`](ServerHandle::shutdown) stops accepting connections,
+/// lets every request in flight finish and its response be written, closes idle
+/// keep-alive connections at once and sends HTTP/2 clients a GOAWAY; `serve`
+/// then returns `Ok(())`. The drain is bounded by
+/// [`Server::shutdown_timeout`](crate::Server::shutdown_timeout).
+///
+/// ```no_run
+/// use astra::{Body, Response, Server};
+/// use std::time::Duration;
+///
+/// let server = Server::bind("127.0.0.1:3000");
+/// let handle = server.handle();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_secs(60));
+///     handle.shutdown();
+/// });
+/// server
+///     .serve(|_request, _info| Response::new(Body::new("Hello, World!")))
+///     .expect("serve failed");
+/// // Every request that was in flight has been answered.
+/// ```
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub(crate) signal: Arc<Signal>,
+}
+
+impl ServerHandle {
+    /// Starts the graceful shutdown and returns at once; `serve` returns when
+    /// the drain is over.
+    ///
+    /// Calling it again, before `serve` started, or after `serve` returned, is
+    /// harmless. Called before `serve`, it makes `serve` return at once.
+    pub fn shutdown(&self) {
+        self.signal.request();
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("shutdown_requested", &self.signal.is_requested())
+            .field("live_connections", &self.signal.live())
+            .finish()
+    }
+}
+
+/// Shared by the accept loop, every connection and every handle.
+#[derive(Default)]
+pub(crate) struct Signal {
+    requested: AtomicBool,
+    /// The drain ran out of time: connections close now, mid-request or not.
+    forced: AtomicBool,
+    /// Wakes the accept loop (set once `serve` has started).
+    accept_waker: OnceLock<mio::Waker>,
+    /// Set while the accept loop waits for a connection to close.
+    accept_waiting: AtomicBool,
+    live: AtomicUsize,
+    next_id: AtomicU64,
+    /// The task waker of every live connection, to wake them all at shutdown.
+    connections: Mutex<HashMap<u64, Waker>>,
+}
+
+impl Signal {
+    pub(crate) fn request(&self) {
+        if !self.requested.swap(true, Ordering::SeqCst) {
+            log::info!("graceful shutdown requested");
+            self.wake_accept_loop();
+            self.wake_connections();
+        }
+    }
+
+    pub(crate) fn force(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        self.wake_connections();
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_forced(&self) -> bool {
+        self.forced.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_accept_waker(&self, waker: mio::Waker) {
+        let _ = self.accept_waker.set(waker);
+    }
+
+    pub(crate) fn set_accept_waiting(&self, waiting: bool) {
+        self.accept_waiting.store(waiting, Ordering::SeqCst);
+    }
+
+    fn wake_accept_loop(&self) {
+        if let Some(waker) = self.accept_waker.get() {
+            if let Err(err) = waker.wake() {
+                log::error!("could not wake the accept loop: {err}");
+            }
+        }
+    }
+
+    fn wake_connections(&self) {
+        let wakers: Vec<Waker> = self.lock().values().cloned().collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Waker>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection; the guard uncounts it.
+    pub(crate) fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard {
+            signal: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            waker: None,
+        }
+    }
+}
+
+/// One live connection, as the shutdown signal knows it.
+pub(crate) struct ConnectionGuard {
+    signal: Arc<Signal>,
+    id: u64,
+    waker: Option<Waker>,
+}
+
+impl ConnectionGuard {
+    pub(crate) fn signal(&self) -> &Signal {
+        &self.signal
+    }
+
+    /// Records the waker that shutdown must wake (cheap when unchanged).
+    pub(crate) fn watch(&mut self, waker: &Waker) {
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        self.waker = Some(waker.clone());
+        self.signal.lock().insert(self.id, waker.clone());
+        // A shutdown that started before the waker was known must still be seen:
+        // the caller checks the flags after this call.
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.waker.is_some() {
+            self.signal.lock().remove(&self.id);
+        }
+        self.signal.live.fetch_sub(1, Ordering::SeqCst);
+        if self.signal.is_requested() || self.signal.accept_waiting.load(Ordering::SeqCst) {
+            self.signal.wake_accept_loop();
+        }
+    }
+}
