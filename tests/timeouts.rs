@@ -1,0 +1,349 @@
+//! Connection timeouts: header read (silent and byte-by-byte clients), keep-alive
+//! idle, send (a client that stops reading), and HTTP/2 PING.
+//!
+//! Each uses short durations and asserts the lower bound (never early) and a
+//! generous upper bound.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use astra::{Body, Response};
+use common::*;
+
+fn hello(_request: astra::Request, _info: astra::ConnectionInfo) -> Response {
+    Response::new(Body::new("hello"))
+}
+
+/// Reads until the peer closes; returns the bytes and when it closed.
+fn read_until_close(stream: &mut TcpStream, started: Instant) -> (Vec<u8>, Duration) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (received, started.elapsed()),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                return (received, started.elapsed())
+            }
+            Err(err) => panic!("connection still open after {:?}: {err}", started.elapsed()),
+        }
+    }
+}
+
+fn short_header_timeout(timeout: Duration) -> SocketAddr {
+    start(server().http1_header_read_timeout(timeout), hello)
+}
+
+#[test]
+fn silent_connection_is_closed_after_header_read_timeout() {
+    let addr = short_header_timeout(Duration::from_millis(300));
+    let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
+    let started = Instant::now();
+    let (received, elapsed) = read_until_close(&mut stream, started);
+    assert!(received.is_empty(), "nothing should be sent: {received:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "closed early: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "closed late: {elapsed:?}");
+}
+
+#[cfg(feature = "http2")]
+#[test]
+fn partial_http2_preface_is_closed_after_header_read_timeout() {
+    // hyper-util's auto builder runs no timer while it reads the preface; ours must.
+    let addr = short_header_timeout(Duration::from_millis(300));
+    let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
+    stream.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let started = Instant::now();
+    let (_, elapsed) = read_until_close(&mut stream, started);
+    assert!(elapsed < Duration::from_secs(3), "closed late: {elapsed:?}");
+}
+
+#[test]
+fn byte_by_byte_head_is_closed_after_header_read_timeout() {
+    let addr = short_header_timeout(Duration::from_millis(500));
+    let stream = connect_with_timeout(addr, Duration::from_secs(5));
+    let started = Instant::now();
+    let mut writer = stream.try_clone().unwrap();
+    let dribble = thread::spawn(move || {
+        // A never-ending head, one byte every 50 ms.
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        for byte in head.iter().cycle().take(200) {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut stream = stream;
+    let (received, elapsed) = read_until_close(&mut stream, started);
+    assert!(
+        !String::from_utf8_lossy(&received).contains("200 OK"),
+        "an incomplete head must not be answered"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(500),
+        "closed early: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "closed late: {elapsed:?}");
+    join_within(dribble, Duration::from_secs(15), "dribbling client");
+}
+
+#[test]
+fn a_slow_but_timely_head_is_answered() {
+    let addr = short_header_timeout(Duration::from_millis(800));
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET / HTTP/1.1\r\n");
+    thread::sleep(Duration::from_millis(200));
+    conn.send(b"Host: x\r\n");
+    thread::sleep(Duration::from_millis(200));
+    conn.send(b"\r\n");
+    let response = conn.read_response().expect("a response");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body_str(), "hello");
+}
+
+#[test]
+fn header_read_timeout_does_not_cut_slow_handlers() {
+    let server = server().http1_header_read_timeout(Duration::from_millis(200));
+    let addr = start(server, |_req, _info| {
+        thread::sleep(Duration::from_millis(700));
+        Response::new(Body::new("slow"))
+    });
+    let response = raw_request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body_str(), "slow");
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
+    let server = server()
+        .http1_header_read_timeout(Duration::from_secs(10))
+        .http1_keep_alive_timeout(Duration::from_millis(400));
+    let addr = start(server, hello);
+    let mut conn = RawConn::open(addr);
+    // Requests spaced closer than the timeout keep the connection open.
+    for _ in 0..3 {
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(conn.read_response().expect("a response").status, 200);
+        thread::sleep(Duration::from_millis(200));
+    }
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().expect("a response").status, 200);
+    let started = Instant::now();
+    let closed = conn
+        .read_to_close()
+        .expect("the server closes the idle connection");
+    let elapsed = started.elapsed();
+    assert!(closed.is_empty());
+    assert!(
+        elapsed >= Duration::from_millis(350),
+        "closed early: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "closed late: {elapsed:?}");
+}
+
+#[test]
+fn keep_alive_timeout_off_keeps_idle_connections() {
+    let server = server()
+        .http1_header_read_timeout(Duration::from_millis(200))
+        .http1_keep_alive_timeout(None);
+    let addr = start(server, hello);
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().unwrap().status, 200);
+    // Idle for longer than the header-read timeout: that one must not apply.
+    assert!(conn.is_quiet_for(Duration::from_millis(800)));
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().unwrap().status, 200);
+}
+
+/// A body of `len` bytes produced on demand.
+struct Zeros(usize);
+
+impl Read for Zeros {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.0);
+        buf[..n].fill(0);
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() {
+    const BIG: usize = 256 * 1024 * 1024;
+    let server = server()
+        .max_workers(1)
+        .send_timeout(Duration::from_millis(400));
+    let addr = start(server, |request: astra::Request, _info| {
+        if request.uri().path() == "/big" {
+            Response::new(Body::wrap_reader(Zeros(BIG)))
+        } else {
+            Response::new(Body::new("small"))
+        }
+    });
+    let mut stalled = connect_with_timeout(addr, Duration::from_secs(10));
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Never read: the socket buffers fill, then writes block.
+    thread::sleep(Duration::from_millis(300));
+    // The only worker is free: the blocked response holds no thread.
+    let started = Instant::now();
+    let response = raw_request(
+        addr,
+        b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(response.body_str(), "small");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    thread::sleep(Duration::from_millis(1500));
+    let (received, _) = read_until_close(&mut stalled, Instant::now());
+    assert!(
+        received.len() < BIG,
+        "the stalled response should have been cut off, got {} bytes",
+        received.len()
+    );
+}
+
+#[test]
+fn slow_but_steady_reader_gets_the_whole_response() {
+    const LEN: usize = 8 * 1024 * 1024;
+    let server = server().send_timeout(Duration::from_millis(500));
+    let addr = start(server, |_req, _info| {
+        Response::new(Body::wrap_reader(Zeros(LEN)))
+    });
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (_, status, _, _) = conn.read_head().unwrap();
+    assert_eq!(status, 200);
+    // Read in small steps with pauses shorter than the send timeout.
+    let mut total = 0;
+    let mut buf = vec![0u8; 512 * 1024];
+    let mut raw = Vec::new();
+    let started = Instant::now();
+    loop {
+        let n = conn.reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        raw.extend_from_slice(&buf[..n]);
+        if started.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(
+        total > LEN,
+        "chunked body of {LEN} bytes cut short at {total}"
+    );
+}
+
+#[cfg(feature = "http2")]
+mod http2_ping {
+    use super::*;
+
+    /// Opens an HTTP/2 connection that never answers PINGs, and returns how
+    /// long until the server closed it (or `None` if it stayed open `limit`).
+    fn unresponsive_http2_client(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+        let mut stream = connect_with_timeout(addr, limit);
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        // An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
+        stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return Some(started.elapsed())
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[test]
+    fn unanswered_pings_close_the_connection() {
+        let server = server()
+            .http2_keep_alive_interval(Duration::from_millis(200))
+            .http2_keep_alive_timeout(Duration::from_millis(300));
+        let addr = start(server, hello);
+        let closed = unresponsive_http2_client(addr, Duration::from_secs(5))
+            .expect("the server should close a peer that ignores PINGs");
+        assert!(closed < Duration::from_secs(3), "closed late: {closed:?}");
+    }
+
+    #[test]
+    fn without_pings_the_same_connection_stays_open() {
+        let addr = start(server(), hello);
+        assert_eq!(
+            unresponsive_http2_client(addr, Duration::from_millis(1500)),
+            None,
+            "with default settings the idle connection must stay open"
+        );
+    }
+}
+
+#[test]
+fn slowloris_connections_are_reaped_while_real_clients_are_served() {
+    const SLOW: usize = 1000;
+    let limit = raise_nofile(4 * SLOW as u64 + 512);
+    let slow = SLOW.min((limit as usize).saturating_sub(512) / 2);
+    assert!(slow >= 200, "cannot open enough descriptors: limit {limit}");
+    let server = server().http1_header_read_timeout(Duration::from_secs(1));
+    let addr = start(server, hello);
+    let started = Instant::now();
+    let mut attackers = Vec::with_capacity(slow);
+    for _ in 0..slow {
+        let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        attackers.push(stream);
+    }
+    // Keep dribbling header lines while probing with real requests.
+    let mut answered = 0;
+    let mut probes = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        for stream in &mut attackers {
+            let _ = stream.write_all(b"X-a: b\r\n");
+        }
+        probes += 1;
+        let mut probe = connect_with_timeout(addr, Duration::from_secs(2));
+        if probe
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_ok()
+        {
+            let mut reply = Vec::new();
+            if probe.read_to_end(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.1 200") {
+                answered += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        answered, probes,
+        "every probe must be answered during the attack"
+    );
+    // By now every slow connection has run out of time and been closed.
+    let mut reaped = 0;
+    for stream in &mut attackers {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        match stream.read(&mut buf) {
+            Ok(0) => reaped += 1,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => reaped += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(reaped, slow, "all slow connections should be closed");
+}
