@@ -462,6 +462,7 @@ once() {
 run_scenario() {
     local sc=$1 server rep reps=$REPS
     [ "$sc" = S6 ] && reps=$S6_REPS
+    echo "$(cut -d' ' -f1-3 /proc/loadavg)" >"$RES/$sc.load"
     for server in $SERVERS; do
         if [ "$server" = limit ] && [ -z "${LIMIT_SCENARIOS[$sc]:-}" ]; then
             record_all "$sc" "$server" "n/a" ${METRICS[$sc]}
@@ -538,6 +539,10 @@ print_scenario() {
             table S7 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
             ;;
     esac
+    if [ -s "$RES/$sc.load" ]; then
+        echo
+        echo "Load average when $sc started: $(cat "$RES/$sc.load")"
+    fi
     echo
 }
 
