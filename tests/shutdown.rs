@@ -1,0 +1,183 @@
+//! Graceful shutdown: in-flight requests finish, idle connections close, new
+//! ones are refused, and `serve` returns within the drain.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use astra::{Body, Response, Server, ServerHandle, Service};
+use common::*;
+
+/// Serves on a thread; returns the address, a handle, and the serve thread.
+fn start_stoppable<S: Service + Sync>(
+    server: Server,
+    service: S,
+) -> (SocketAddr, ServerHandle, JoinHandle<std::io::Result<()>>) {
+    let addr = server.local_addr().unwrap();
+    let handle = server.handle();
+    let thread = thread::spawn(move || server.serve(service));
+    (addr, handle, thread)
+}
+
+const BODY_LEN: usize = 100 * 1024;
+
+#[test]
+fn in_flight_requests_finish_and_new_connections_are_refused() {
+    const IN_FLIGHT: usize = 200;
+    raise_nofile(4096);
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = started.clone();
+    let server = server()
+        .max_workers(IN_FLIGHT)
+        .shutdown_timeout(Duration::from_secs(20));
+    let (addr, handle, serving) = start_stoppable(server, move |_req, _info| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(800));
+        Response::new(Body::new(vec![b'x'; BODY_LEN]))
+    });
+    let clients: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut stream = connect_with_timeout(addr, Duration::from_secs(20));
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                let mut conn = RawConn::new(stream);
+                conn.read_response()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) < IN_FLIGHT {
+        assert!(Instant::now() < deadline, "handlers did not all start");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let shutdown_at = Instant::now();
+    handle.shutdown();
+    let result = join_within(serving, Duration::from_secs(15), "serve after shutdown");
+    result.expect("serve returns Ok after a graceful shutdown");
+    assert!(shutdown_at.elapsed() < Duration::from_secs(5));
+    for client in clients {
+        let response = join_within(client, Duration::from_secs(10), "client")
+            .expect("an in-flight request gets its whole response");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), BODY_LEN, "the body is written in full");
+    }
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "new connections are refused after shutdown"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_close_at_once() {
+    let (addr, handle, serving) =
+        start_stoppable(server(), |_req, _info| Response::new(Body::new("hi")));
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().unwrap().status, 200);
+    let started = Instant::now();
+    handle.shutdown();
+    let rest = conn.read_to_close().expect("the idle connection is closed");
+    assert!(rest.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    join_within(serving, Duration::from_secs(5), "serve").unwrap();
+}
+
+#[test]
+fn shutdown_timeout_bounds_the_drain() {
+    let server = server().shutdown_timeout(Duration::from_millis(500));
+    let (addr, handle, serving) = start_stoppable(server, |_req, _info| {
+        thread::sleep(Duration::from_secs(5));
+        Response::new(Body::new("too late"))
+    });
+    let mut stream = connect_with_timeout(addr, Duration::from_secs(10));
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    handle.shutdown();
+    join_within(serving, Duration::from_secs(4), "serve").unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "returned early: {elapsed:?}"
+    );
+    // The unfinished request's connection was closed without a response.
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert!(reply.is_empty(), "no response was due: {reply:?}");
+}
+
+#[test]
+fn shutdown_twice_before_and_after_serve_is_harmless() {
+    let server = server();
+    let handle = server.handle();
+    handle.shutdown();
+    handle.shutdown();
+    // Requested before serve: serve returns at once.
+    within(Duration::from_secs(5), "serve", move || {
+        server.serve(|_req, _info| Response::new(Body::empty()))
+    })
+    .unwrap();
+    handle.shutdown();
+
+    let (_, handle, serving) =
+        start_stoppable(common::server(), |_req, _info| Response::new(Body::empty()));
+    handle.clone().shutdown();
+    join_within(serving, Duration::from_secs(5), "serve").unwrap();
+    handle.shutdown();
+}
+
+#[cfg(feature = "http2")]
+#[test]
+fn http2_connection_gets_goaway_and_finishes_its_stream() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+
+    let (addr, handle, serving) = start_stoppable(server(), |_req, _info| {
+        thread::sleep(Duration::from_millis(500));
+        Response::new(Body::new("finished"))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let connection = tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{addr}/"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = tokio::spawn(sender.send_request(request));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        handle.shutdown();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("the in-flight stream completes")
+            .unwrap()
+            .expect("the stream is answered, not refused");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        // After GOAWAY and the last stream, the server closes the connection.
+        tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("the connection ends after GOAWAY")
+            .unwrap()
+            .ok();
+        body
+    });
+    assert_eq!(&body[..], b"finished");
+    join_within(serving, Duration::from_secs(5), "serve").unwrap();
+}
