@@ -4,6 +4,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame, SizeHint};
@@ -68,8 +69,9 @@ pub struct Body {
 enum Kind {
     /// Bytes known up front; `None` once they have been handed out.
     Full(Option<Bytes>),
-    /// A request body arriving from the connection.
-    Incoming(hyper::body::Incoming),
+    /// A request body arriving from the connection, and how long a read may
+    /// wait for the next chunk.
+    Incoming(hyper::body::Incoming, Option<Duration>),
     /// A response streamed from a blocking reader.
     Reader(Box<dyn Read + Send>),
 }
@@ -163,9 +165,9 @@ impl Body {
         }
     }
 
-    pub(crate) fn incoming(incoming: hyper::body::Incoming) -> Body {
+    pub(crate) fn incoming(incoming: hyper::body::Incoming, timeout: Option<Duration>) -> Body {
         Body {
-            kind: Kind::Incoming(incoming),
+            kind: Kind::Incoming(incoming, timeout),
         }
     }
 }
@@ -190,7 +192,7 @@ impl fmt::Debug for Body {
         let kind = match &self.kind {
             Kind::Full(Some(bytes)) => return f.debug_tuple("Body").field(&bytes.len()).finish(),
             Kind::Full(None) => "empty",
-            Kind::Incoming(_) => "incoming",
+            Kind::Incoming(..) => "incoming",
             Kind::Reader(_) => "reader",
         };
         f.debug_tuple("Body").field(&kind).finish()
@@ -200,7 +202,9 @@ impl fmt::Debug for Body {
 /// Blocks the calling thread until the next chunk of the body is available.
 ///
 /// Trailers are skipped. Yields `None` at the end of the body, and an error if the
-/// client sent an invalid body or went away.
+/// client sent an invalid body, went away, or sent nothing for the server's
+/// [`body_read_timeout`](crate::Server::body_read_timeout) (an error of kind
+/// [`io::ErrorKind::TimedOut`]).
 impl Iterator for Body {
     type Item = io::Result<Bytes>;
 
@@ -208,10 +212,14 @@ impl Iterator for Body {
         match &mut self.kind {
             Kind::Full(bytes) => bytes.take().map(Ok),
             Kind::Reader(reader) => read_chunk(reader.as_mut()).transpose(),
-            Kind::Incoming(incoming) => loop {
-                let frame = park::block_on(std::future::poll_fn(|cx| {
-                    Pin::new(&mut *incoming).poll_frame(cx)
-                }));
+            Kind::Incoming(incoming, timeout) => loop {
+                let next = std::future::poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx));
+                let Some(frame) = park::block_on_timeout(next, *timeout) else {
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("body read timeout: no data from the client for {timeout:?}"),
+                    )));
+                };
                 match frame {
                     None => return None,
                     Some(Err(err)) => return Some(Err(io::Error::other(err))),
@@ -252,7 +260,9 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(io::Error::other),
+            Kind::Incoming(incoming, _) => {
+                Pin::new(incoming).poll_frame(cx).map_err(io::Error::other)
+            }
             Kind::Reader(reader) => {
                 // The reader may block; the pool counts this thread as busy while it
                 // does, and a panic inside it fails this body, not the worker.
@@ -273,7 +283,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Incoming(incoming) => incoming.is_end_stream(),
+            Kind::Incoming(incoming, _) => incoming.is_end_stream(),
             Kind::Reader(_) => false,
         }
     }
@@ -281,7 +291,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Incoming(incoming) => incoming.size_hint(),
+            Kind::Incoming(incoming, _) => incoming.size_hint(),
             Kind::Reader(_) => SizeHint::default(),
         }
     }

@@ -102,6 +102,7 @@ impl Default for Config {
                 header_read: Some(Duration::from_secs(30)),
                 keep_alive: Some(Duration::from_secs(75)),
                 send: Some(Duration::from_secs(60)),
+                body_read: Some(Duration::from_secs(60)),
             },
             shutdown_timeout: Duration::from_secs(30),
             max_connections: None,
@@ -402,6 +403,18 @@ impl Server {
     /// Default is 75 seconds (nginx's `keepalive_timeout`).
     pub fn http1_keep_alive_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
         self.config.timeouts.keep_alive = val.into();
+        self
+    }
+
+    /// How long a handler reading its request body waits for the next chunk.
+    /// When the client sends nothing for that long, the read fails with an
+    /// error of kind [`std::io::ErrorKind::TimedOut`], so a client that trickles
+    /// its body (or stops sending it) cannot hold a worker for ever. `None`
+    /// waits as long as the client takes.
+    ///
+    /// Default is 60 seconds (nginx's `client_body_timeout`).
+    pub fn body_read_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.body_read = val.into();
         self
     }
 
@@ -710,6 +723,7 @@ fn start_connection(
         },
         pool: pool.clone(),
         activity: conn.activity().clone(),
+        body_read_timeout: protocols.timeouts.body_read,
     };
     let guard = signal.connection();
     pool.spawn(conn::serve(conn, protocols.clone(), service, guard));

@@ -119,6 +119,8 @@ pub(crate) struct HyperService {
     pub(crate) info: ConnectionInfo,
     pub(crate) pool: Pool,
     pub(crate) activity: Arc<Activity>,
+    /// How long a handler's body read waits for the next chunk.
+    pub(crate) body_read_timeout: Option<std::time::Duration>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperService {
@@ -129,7 +131,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
         let in_flight = self.activity.request_started();
         let slot = Arc::new(Mutex::new(Slot::default()));
-        let request = request.map(Body::incoming);
+        let body_read_timeout = self.body_read_timeout;
+        let request = request.map(|incoming| Body::incoming(incoming, body_read_timeout));
         let service = self.service.clone();
         let info = self.info.clone();
         let job_slot = slot.clone();

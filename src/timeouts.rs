@@ -16,6 +16,8 @@ pub(crate) struct Timeouts {
     pub(crate) header_read: Option<Duration>,
     pub(crate) keep_alive: Option<Duration>,
     pub(crate) send: Option<Duration>,
+    /// Enforced by the handler's body reads, not by the connection.
+    pub(crate) body_read: Option<Duration>,
 }
 
 /// Which timeout a deadline belongs to; its `Display` names it in logs.
@@ -175,6 +177,7 @@ mod tests {
         header_read: Some(Duration::from_secs(30)),
         keep_alive: Some(Duration::from_secs(75)),
         send: Some(Duration::from_secs(60)),
+        body_read: None,
     };
 
     #[test]

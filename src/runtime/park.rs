@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 /// Wakes the thread that is blocked in [`block_on`].
 struct ThreadWaker {
@@ -34,7 +35,21 @@ impl Wake for ThreadWaker {
 ///
 /// While parked, the pool counts this thread as busy, so other workers keep the
 /// connection moving; see [`super::pool::blocking_section`].
+#[cfg(test)]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    match block_on_timeout(future, None) {
+        Some(output) => output,
+        None => unreachable!("no timeout was given"),
+    }
+}
+
+/// [`block_on`] that gives up (`None`) once `timeout` passes without the
+/// future completing. `None` as `timeout` waits for ever.
+pub(crate) fn block_on_timeout<F: Future>(
+    future: F,
+    timeout: Option<Duration>,
+) -> Option<F::Output> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let mut future = pin!(future);
     let waker_state = Arc::new(ThreadWaker {
         thread: thread::current(),
@@ -44,14 +59,23 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let mut cx = Context::from_waker(&waker);
     // Fast path: often the data is already there.
     if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-        return output;
+        return Some(output);
     }
     super::pool::blocking_section(|| loop {
         while !waker_state.woken.swap(false, Ordering::Acquire) {
-            thread::park();
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
         }
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
+            return Some(output);
         }
     })
 }
@@ -101,5 +125,14 @@ mod tests {
     #[test]
     fn block_on_ready_future_returns_at_once() {
         assert_eq!(block_on(async { 3 }), 3);
+    }
+
+    #[test]
+    fn block_on_timeout_gives_up_at_the_deadline() {
+        let state = Arc::new(Mutex::new((None, None::<Waker>)));
+        let started = std::time::Instant::now();
+        let result = block_on_timeout(Handoff { state }, Some(Duration::from_millis(50)));
+        assert_eq!(result, None);
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }
