@@ -3,16 +3,22 @@
 //! descriptors are free.
 //!
 //! The server runs in a child process (this test binary re-executed in child
-//! mode) with `RLIMIT_NOFILE` lowered to 64; the parent exhausts it.
+//! mode) with `RLIMIT_NOFILE` lowered to 64. The parent first floods it with
+//! more connections than it has descriptors, then has a handler take every
+//! free descriptor (as a handler opening files might), so that `accept` itself
+//! fails with `EMFILE` while clients keep connecting.
 
 mod common;
 
+use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use astra::{Body, Response};
+use astra::{Body, Request, Response};
+use common::{ChildGuard, RawConn};
 
 const TEST: &str = "descriptor_exhaustion_does_not_end_or_spin_serve";
 const ADDR_FILE_ENV: &str = "ASTRA_TEST_ADDR_FILE";
@@ -25,9 +31,24 @@ fn child() {
     let addr = server.local_addr().unwrap();
     common::set_nofile_soft(CHILD_NOFILE);
     std::fs::write(&addr_file, addr.to_string()).unwrap();
+    // Descriptors taken by `/hog`, given back by `/release`.
+    static HOG: Mutex<Vec<File>> = Mutex::new(Vec::new());
     // Blocks until the parent kills this process.
     server
-        .serve(|_, _| Response::new(Body::new("alive")))
+        .serve(|request: Request, _| match request.uri().path() {
+            "/hog" => {
+                let mut hog = HOG.lock().unwrap();
+                while let Ok(file) = File::open("/dev/null") {
+                    hog.push(file);
+                }
+                Response::new(Body::new(hog.len().to_string()))
+            }
+            "/release" => {
+                HOG.lock().unwrap().clear();
+                Response::new(Body::new("released"))
+            }
+            _ => Response::new(Body::new("alive")),
+        })
         .expect("serve returned");
     unreachable!("serve returned");
 }
@@ -47,6 +68,55 @@ fn child_addr(file: &PathBuf, child: &mut common::ChildGuard) -> SocketAddr {
     }
 }
 
+/// Checks for 2 s that the child stays alive without spinning.
+fn assert_alive_and_quiet(child: &mut ChildGuard, what: &str) {
+    let pid = child.id();
+    let cpu_before = common::cpu_time(pid);
+    let wall = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let cpu = common::cpu_time(pid) - cpu_before;
+    let wall = wall.elapsed();
+    eprintln!("{what}: child CPU time {cpu:?} in {wall:?}");
+    assert!(child.is_running(), "{what}: the child server died");
+    assert!(
+        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
+        "{what}: the child used {cpu:?} of CPU in {wall:?}: its accept loop spins"
+    );
+}
+
+/// Waits (at most 10 s) until a new client is answered.
+fn assert_serves_again(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match common::agent().get(&common::url(addr, "/")).call() {
+            Ok(mut response) => {
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                assert_eq!((response.status().as_u16(), body.as_str()), (200, "alive"));
+                return;
+            }
+            Err(err) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: no answer within 10 s once descriptors were free: {err}"
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn open_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map_while(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect()
+}
+
+fn open_descriptors(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
 #[test]
 fn descriptor_exhaustion_does_not_end_or_spin_serve() {
     if common::is_child(TEST) {
@@ -60,79 +130,49 @@ fn descriptor_exhaustion_does_not_end_or_spin_serve() {
     let mut child = common::spawn_child(TEST, &[(ADDR_FILE_ENV, addr_file.display().to_string())]);
     let addr = child_addr(&addr_file, &mut child);
     let pid = child.id();
+    let _ = std::fs::remove_dir_all(&dir);
 
-    // Served before the exhaustion.
+    // Served before anything else.
     assert_eq!(common::get(addr, "/"), (200, "alive".to_string()));
 
-    // Far more connections than the child has descriptors: it accepts until it
-    // hits EMFILE; the rest wait in the listen backlog.
-    let mut held: Vec<TcpStream> = Vec::new();
-    for _ in 0..(CHILD_NOFILE as usize * 2) {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            Ok(stream) => held.push(stream),
-            Err(_) => break,
-        }
-    }
+    // 1. A flood: twice as many connections as the child has descriptors. What
+    //    it cannot take waits in the listen backlog.
+    let flood = open_connections(addr, CHILD_NOFILE as usize * 2);
     assert!(
-        held.len() as u64 > CHILD_NOFILE,
+        flood.len() as u64 > CHILD_NOFILE,
         "only {} connections opened",
-        held.len()
+        flood.len()
     );
-    // Let the child run into the limit.
     thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.is_running(),
-        "the child died when its descriptors ran out"
+    eprintln!(
+        "flood: child has {} descriptors open (limit {CHILD_NOFILE})",
+        open_descriptors(pid)
     );
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
-    eprintln!("child has {open_fds} descriptors open (limit {CHILD_NOFILE})");
-    assert!(
-        open_fds >= CHILD_NOFILE - 1,
-        "the child did not reach its descriptor limit ({open_fds} open): the test proves nothing"
-    );
+    assert_alive_and_quiet(&mut child, "flood of connections");
+    drop(flood);
+    assert_serves_again(addr, "after the flood");
 
-    // At exhaustion, the accept loop must back off, not spin.
-    let cpu_before = common::cpu_time(pid);
-    let wall = Instant::now();
-    thread::sleep(Duration::from_secs(2));
-    let cpu = common::cpu_time(pid) - cpu_before;
-    let wall = wall.elapsed();
-    eprintln!("child CPU time during {wall:?} at descriptor exhaustion: {cpu:?}");
+    // 2. `accept` itself fails: a handler takes every free descriptor, then
+    //    clients keep connecting.
+    let mut control = RawConn::open(addr);
+    control.send(b"GET /hog HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hogged = control.read_response().unwrap();
+    eprintln!("the handler took {} descriptors", hogged.body_str());
     assert!(
-        child.is_running(),
-        "the child died at descriptor exhaustion"
+        open_descriptors(pid) >= CHILD_NOFILE,
+        "the child is not at its descriptor limit ({} open): the test proves nothing",
+        open_descriptors(pid)
     );
-    assert!(
-        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
-        "the child used {cpu:?} of CPU in {wall:?} at descriptor exhaustion: it spins"
-    );
+    let waiting = open_connections(addr, 20);
+    assert_eq!(waiting.len(), 20);
+    thread::sleep(Duration::from_millis(300));
+    assert_alive_and_quiet(&mut child, "accept failing with EMFILE");
 
-    // Free the descriptors: the server serves again.
-    drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, body) = loop {
-        let attempt = common::agent().get(&common::url(addr, "/")).call();
-        match attempt {
-            Ok(mut response) => {
-                let status = response.status().as_u16();
-                break (
-                    status,
-                    response.body_mut().read_to_string().unwrap_or_default(),
-                );
-            }
-            Err(err) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no answer within 10 s after the descriptors were freed: {err}"
-                );
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
-    assert_eq!((status, body.as_str()), (200, "alive"));
+    // Give the descriptors back: the server accepts and serves again.
+    control.send(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(control.read_response().unwrap().body_str(), "released");
+    drop(waiting);
+    assert_serves_again(addr, "after EMFILE");
     assert!(child.is_running(), "the child died");
-    let _ = std::fs::remove_dir_all(&dir);
     // `child` is killed on drop, whatever happened above.
 }

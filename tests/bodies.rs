@@ -378,7 +378,7 @@ fn unread_request_body_does_not_pin_the_only_worker() {
 /// body. B's body must still arrive: whatever thread runs A's task must not be
 /// the only one left to drive the connections.
 #[test]
-fn blocking_response_reader_does_not_stall_another_request_body_with_one_worker() {
+fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
     use std::sync::atomic::AtomicBool;
     use std::sync::{Condvar, Mutex};
 
@@ -479,5 +479,60 @@ fn blocking_response_reader_does_not_stall_another_request_body_with_one_worker(
         "B's body took {took:?} to reach its handler: A's response reader blocked on thread {:?}, \
          and no other thread drove the connections meanwhile",
         shared.blocked_on.lock().unwrap()
+    );
+}
+
+/// A handler that answers without reading a body the client has not sent yet
+/// (`Expect: 100-continue`): the final response comes without `100 Continue`,
+/// so the client can skip sending the body.
+#[test]
+fn expect_100_continue_skipped_when_handler_does_not_read_body() {
+    let addr = common::start(common::server().max_workers(1), |_: Request, _| {
+        ResponseBuilder::new()
+            .status(413)
+            .body(Body::new("too large"))
+            .unwrap()
+    });
+    let mut conn = RawConn::open(addr);
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let response = conn.read_response().unwrap();
+    assert_eq!(response.status, 413, "{}", response.head);
+    assert_eq!(response.body_str(), "too large");
+    // The only worker is free.
+    assert_eq!(
+        common::raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        413
+    );
+}
+
+/// Regression (fixed in 8820577): handlers ran outside a blocking section, so
+/// when a handler took a chunk of its body and so signalled hyper that it
+/// wanted more, the connection task waiting for that signal was woken into the
+/// handler thread's own LIFO slot; the handler then parked waiting for the next
+/// chunk that only that stranded task could deliver. Any body of more than one
+/// read never arrived.
+#[test]
+fn handler_lifo_slot_strands_connection_task_body_never_arrives() {
+    let addr = start_counter(common::server());
+    let body = pattern_body(1 << 20);
+    let mut conn = RawConn::open(addr);
+    conn.send(
+        format!(
+            "POST /reader HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    conn.send(&body);
+    let response = conn.read_response().unwrap();
+    assert_eq!(response.body_str(), expected(&body));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
     );
 }

@@ -398,3 +398,30 @@ fn peer_addr_is_the_clients_on_http2() {
         );
     });
 }
+
+/// More uploading streams on one connection than there are workers: the
+/// streams whose handlers wait in the queue must not take the connection's
+/// whole flow-control window, or the running handler never gets its body.
+///
+/// Regression for an h2 flow-control deadlock: with the default windows (1 MiB
+/// per stream, 1 MiB for the connection) four 8 MiB uploads at `max_workers(1)`
+/// never finish; data for the three queued streams fills the connection window,
+/// and nothing reads it until the running handler, which waits for data that
+/// can no longer be sent, returns.
+#[test]
+fn h2_flow_control_deadlock_more_uploads_than_workers_on_one_connection() {
+    let addr = start(common::server().max_workers(1));
+    let len: u64 = 8 << 20;
+    run(Duration::from_secs(20), async {
+        let send = connect(addr).await;
+        let uploads: Vec<_> = (0..4)
+            .map(|_| {
+                let mut send = send.clone();
+                tokio::spawn(async move { fetch(&mut send, "/count", GenBody::new(len)).await })
+            })
+            .collect();
+        for upload in uploads {
+            assert_eq!(upload.await.unwrap(), (200, format!("len={len}")));
+        }
+    });
+}

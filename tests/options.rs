@@ -274,3 +274,38 @@ mod http2_modes {
         assert!(is_h2_settings(&buf[..n]), "got {:?}", &buf[..n]);
     }
 }
+
+#[test]
+fn http1_pipeline_flush_answers_pipelined_requests_in_order() {
+    let addr = common::start(
+        common::server().http1_pipeline_flush(true),
+        |request: Request, _| Response::new(Body::new(request.uri().path().to_string())),
+    );
+    let mut conn = RawConn::open(addr);
+    let mut requests = Vec::new();
+    for i in 0..20 {
+        requests.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    }
+    conn.send(&requests);
+    for i in 0..20 {
+        assert_eq!(conn.read_response().unwrap().body_str(), format!("/{i}"));
+    }
+}
+
+#[test]
+fn http1_writev_false_still_sends_correct_responses() {
+    let addr = common::start(common::server().http1_writev(false), |_: Request, _| {
+        Response::new(Body::wrap_reader(common::Generated::new(3_000_000)))
+    });
+    let mut conn = RawConn::open(addr);
+    for _ in 0..2 {
+        conn.send(GET);
+        let response = conn.read_response().unwrap();
+        assert_eq!(response.body.len(), 3_000_000);
+        assert!(response
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == common::pattern(i as u64)));
+    }
+}
