@@ -81,7 +81,8 @@ impl hyper::rt::Read for TcpConn {
         // tail; we only pass its pointer and length to recv(2), which writes at
         // most `len` bytes and never reads them, and we never read it ourselves.
         let unfilled = unsafe { buf.as_mut() };
-        let n = ready!(self.poll_io(cx, READABLE, || {
+        let n = loop {
+            let tick = ready!(self.io.poll_ready(cx, READABLE));
             // SAFETY: the pointer and length describe `unfilled`, a live, writable
             // region exclusively borrowed for this call.
             let n = unsafe {
@@ -92,12 +93,22 @@ impl hyper::rt::Read for TcpConn {
                     0,
                 )
             };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
+            if n >= 0 {
+                let n = n as usize;
+                if n > 0 && n < unfilled.len() {
+                    // A short read drained the socket (edge-triggered readiness
+                    // returns with the next event): skip the EAGAIN round trip.
+                    self.io.clear(READABLE, tick);
+                }
+                break n;
             }
-        }))?;
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::WouldBlock => self.io.clear(READABLE, tick),
+                io::ErrorKind::Interrupted => {}
+                _ => return Poll::Ready(Err(err)),
+            }
+        };
         // SAFETY: recv(2) reported `n` bytes written at the start of `unfilled`,
         // so exactly those bytes are now initialised (n <= unfilled.len()).
         unsafe { buf.advance(n) };

@@ -102,6 +102,9 @@ struct Context {
     /// thread, which may block for a long time.
     blocking: Cell<bool>,
     lifo: RefCell<Option<Runnable>>,
+    /// While this worker dispatches reactor events: the tasks they woke,
+    /// queued together afterwards with at most one wake-up.
+    batch: RefCell<Option<Vec<Runnable>>>,
 }
 
 thread_local! {
@@ -188,12 +191,41 @@ impl Pool {
                     && !cx.blocking.get()
                     && Arc::ptr_eq(&cx.shared, &self.0) =>
             {
+                if let Some(batch) = cx.batch.borrow_mut().as_mut() {
+                    batch.push(runnable);
+                    return None;
+                }
                 cx.lifo.borrow_mut().replace(runnable)
             }
             _ => Some(runnable),
         });
         if let Some(runnable) = displaced {
             self.push_global(runnable);
+        }
+    }
+
+    /// Queues what one reactor turn woke: the first in this worker's LIFO slot,
+    /// the rest on the shared queue under one lock, and one other thread told.
+    fn push_batch(&self, batch: Vec<Runnable>) {
+        let mut batch = batch.into_iter();
+        let Some(first) = batch.next() else {
+            return;
+        };
+        self.push_local_or_global(first);
+        let shared = &self.0;
+        let mut state = shared.lock();
+        let mut any = None;
+        for runnable in batch {
+            let is_task = matches!(runnable, Runnable::Task(_));
+            match runnable {
+                Runnable::Task(task) => state.tasks.push_back(task),
+                Runnable::Job(job) => state.jobs.push_back(job),
+            }
+            shared.queued.fetch_add(1, Ordering::Relaxed);
+            any = Some(any.unwrap_or(false) || is_task);
+        }
+        if let Some(is_task) = any {
+            shared.find_runner(&mut state, is_task);
         }
     }
 
@@ -236,9 +268,10 @@ impl Shared {
         } else if self.available(state) > 0 {
             // A worker is running a task and returns to the queue afterwards.
         } else if is_task {
-            // Every worker is inside user code: the reserve runs tasks.
+            // Every worker is inside user code. If the reserve already polls for
+            // them, it runs the task; otherwise its next tick notices when the
+            // handlers block (most return sooner than a wake-up would take).
             self.interrupt_reserve_poll();
-            self.reserve_cv.notify_one();
         }
         // A job with every worker inside user code waits for one to return; if
         // none has within `SPAWN_DELAY`, the reserve adds workers. Most handlers
@@ -301,8 +334,18 @@ fn enter(shared: &Arc<Shared>, role: Role) {
             role,
             blocking: Cell::new(false),
             lifo: RefCell::new(None),
+            batch: RefCell::new(None),
         });
     });
+}
+
+/// Starts (`Some`) or ends (`None`) collecting woken work; returns what was
+/// collected.
+fn set_batch(batch: Option<Vec<Runnable>>) -> Option<Vec<Runnable>> {
+    CONTEXT.with(|cell| {
+        let cx = cell.get()?;
+        std::mem::replace(&mut *cx.batch.borrow_mut(), batch)
+    })
 }
 
 fn take_lifo() -> Option<Runnable> {
@@ -339,9 +382,14 @@ fn worker_main(shared: Arc<Shared>) {
         if let Some(mut driver) = shared.reactor.try_driver() {
             state.polling = true;
             drop(state);
+            set_batch(Some(Vec::new()));
             shared.reactor.turn(&mut driver, None, || {
                 shared.lock().polling = false;
             });
+            drop(driver);
+            if let Some(batch) = set_batch(None) {
+                Pool(shared.clone()).push_batch(batch);
+            }
             continue;
         }
         state.parked += 1;
@@ -351,6 +399,13 @@ fn worker_main(shared: Arc<Shared>) {
             .unwrap_or_else(|e| e.into_inner());
         if state.wakeups > 0 {
             state.wakeups -= 1;
+            // Woken for queued work: if more is queued than this worker takes,
+            // pass the wake-up on (one at a time, not a thundering herd).
+            if state.tasks.len() + state.jobs.len() > 1 && state.parked > 0 {
+                state.parked -= 1;
+                state.wakeups += 1;
+                shared.worker_cv.notify_one();
+            }
             continue;
         }
         state.parked -= 1;
@@ -479,14 +534,10 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
     };
     shared.in_blocking.fetch_add(1, Ordering::SeqCst);
     shared.handler_epoch.fetch_add(1, Ordering::Relaxed);
-    if shared.reserve_parked.load(Ordering::SeqCst) || shared.queued.load(Ordering::Relaxed) > 0 {
-        let mut state = shared.lock();
+    if shared.reserve_parked.load(Ordering::SeqCst) {
+        // The reserve must tick while handlers run, to notice if they block.
+        let _state = shared.lock();
         shared.reserve_cv.notify_one();
-        // Work is waiting and this thread was the last that could take it.
-        let queued_task = !state.tasks.is_empty();
-        if (queued_task || !state.jobs.is_empty()) && shared.available(&state) == 0 {
-            shared.find_runner(&mut state, queued_task);
-        }
     }
     struct Exit(Arc<Shared>);
     impl Drop for Exit {

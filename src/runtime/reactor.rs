@@ -18,8 +18,21 @@ use super::timer::Timers;
 /// The token of the waker that interrupts a blocked `poll`.
 const WAKE_TOKEN: Token = Token(usize::MAX);
 
-pub(crate) const READABLE: u8 = 0b01;
-pub(crate) const WRITABLE: u8 = 0b10;
+pub(crate) const READABLE: u8 = 0b0001;
+pub(crate) const WRITABLE: u8 = 0b0010;
+/// The peer closed its side (or the socket failed): sticky, never cleared, so
+/// a short read that cleared READABLE cannot hide the end of the stream.
+const READ_CLOSED: u8 = 0b0100;
+const WRITE_CLOSED: u8 = 0b1000;
+
+/// The sticky bit that also makes `direction` ready.
+fn closed_bit(direction: u8) -> u8 {
+    if direction == READABLE {
+        READ_CLOSED
+    } else {
+        WRITE_CLOSED
+    }
+}
 
 /// Readiness and wakers of one registered socket.
 pub(crate) struct ScheduledIo {
@@ -43,7 +56,7 @@ impl ScheduledIo {
     /// Returns the tick to hand back to [`ScheduledIo::clear`].
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>, direction: u8) -> Poll<u64> {
         let mut state = self.lock();
-        if state.readiness & direction != 0 {
+        if state.readiness & (direction | closed_bit(direction)) != 0 {
             return Poll::Ready(state.tick);
         }
         let slot = if direction == READABLE {
@@ -71,10 +84,10 @@ impl ScheduledIo {
         let mut state = self.lock();
         state.readiness |= readiness;
         state.tick += 1;
-        if readiness & READABLE != 0 {
+        if readiness & (READABLE | READ_CLOSED) != 0 {
             wakers.extend(state.reader.take());
         }
-        if readiness & WRITABLE != 0 {
+        if readiness & (WRITABLE | WRITE_CLOSED) != 0 {
             wakers.extend(state.writer.take());
         }
     }
@@ -247,11 +260,17 @@ impl Reactor {
                     continue;
                 };
                 let mut readiness = 0;
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if event.is_readable() {
                     readiness |= READABLE;
                 }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                if event.is_writable() {
                     readiness |= WRITABLE;
+                }
+                if event.is_read_closed() || event.is_error() {
+                    readiness |= READ_CLOSED;
+                }
+                if event.is_write_closed() || event.is_error() {
+                    readiness |= WRITE_CLOSED;
                 }
                 io.set(readiness, wakers);
             }
