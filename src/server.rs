@@ -20,6 +20,8 @@ use crate::timeouts::Timeouts;
 
 /// The smallest `http1_max_buf_size` hyper accepts.
 const MIN_HTTP1_BUF_SIZE: usize = 8192;
+/// The default cap on a request head: nginx and Apache allow a few tens of KiB.
+const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 /// First pause after an accept error that a retry will not fix at once.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept retries while the error persists.
@@ -56,6 +58,7 @@ struct Config {
     http1_keep_alive: bool,
     http1_half_close: bool,
     http1_max_buf_size: Option<usize>,
+    http1_max_header_size: usize,
     http1_pipeline_flush: bool,
     http1_writev: Option<bool>,
     http1_title_case_headers: bool,
@@ -93,6 +96,7 @@ impl Default for Config {
             http1_keep_alive: true,
             http1_half_close: false,
             http1_max_buf_size: None,
+            http1_max_header_size: DEFAULT_MAX_HEADER_SIZE,
             http1_pipeline_flush: false,
             http1_writev: None,
             http1_title_case_headers: false,
@@ -473,7 +477,8 @@ impl Server {
 
     /// The largest buffer used for one HTTP/1 connection's reads and writes. A
     /// request head that does not fit is refused with `431 Request Header Fields
-    /// Too Large`.
+    /// Too Large` (see also [`Server::http1_max_header_size`], which is smaller
+    /// by default).
     ///
     /// Default is hyper's, about 400 KiB.
     ///
@@ -486,6 +491,17 @@ impl Server {
             "astra: http1_max_buf_size must be at least {MIN_HTTP1_BUF_SIZE}"
         );
         self.config.http1_max_buf_size = Some(val);
+        self
+    }
+
+    /// The largest HTTP/1 request head (request line and headers, and also
+    /// chunked trailers) a client may send. A larger one is refused with
+    /// `431 Request Header Fields Too Large` and the connection is closed.
+    ///
+    /// Default is 64 KiB, in line with nginx and Apache; hyper alone would allow
+    /// up to `http1_max_buf_size` (about 400 KiB).
+    pub fn http1_max_header_size(mut self, val: usize) -> Self {
+        self.config.http1_max_header_size = val;
         self
     }
 
@@ -648,7 +664,8 @@ impl Config {
             .half_close(self.http1_half_close)
             .pipeline_flush(self.http1_pipeline_flush)
             .title_case_headers(self.http1_title_case_headers)
-            .preserve_header_case(self.http1_preserve_header_case);
+            .preserve_header_case(self.http1_preserve_header_case)
+            .max_header_size(self.http1_max_header_size);
         if let Some(size) = self.http1_max_buf_size {
             http1.max_buf_size(size);
         }

@@ -45,3 +45,27 @@ fn serves_on_an_existing_listener() {
     });
     assert_eq!(get(addr, "/"), (200, "from a listener".to_string()));
 }
+
+fn request_with_header_of(len: usize) -> Vec<u8> {
+    let mut request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', len));
+    request.extend_from_slice(b"\r\n\r\n");
+    request
+}
+
+#[test]
+fn request_heads_over_64_kib_are_refused_by_default() {
+    let addr = start(server(), |_req, _info| Response::new(Body::new("ok")));
+    let response = raw_request(addr, &request_with_header_of(60 * 1024));
+    assert_eq!(response.status, 200);
+    let response = raw_request(addr, &request_with_header_of(70 * 1024));
+    assert_eq!(response.status, 431);
+}
+
+#[test]
+fn http1_max_header_size_is_tunable() {
+    let server = server().http1_max_header_size(200 * 1024);
+    let addr = start(server, |_req, _info| Response::new(Body::new("ok")));
+    let response = raw_request(addr, &request_with_header_of(150 * 1024));
+    assert_eq!(response.status, 200);
+}
