@@ -119,7 +119,7 @@ impl Activity {
     ) -> Option<(Instant, Phase)> {
         let mut earliest: Option<(Instant, Phase)> = None;
         let mut consider = |at: Instant, phase: Phase| {
-            if earliest.map_or(true, |(e, _)| at < e) {
+            if earliest.is_none_or(|(e, _)| at < e) {
                 earliest = Some((at, phase));
             }
         };
