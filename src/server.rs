@@ -22,6 +22,15 @@ use crate::timeouts::Timeouts;
 const MIN_HTTP1_BUF_SIZE: usize = 8192;
 /// The default cap on a request head: nginx and Apache allow a few tens of KiB.
 const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// HTTP/2 defaults; see `Server::http2_initial_connection_window_size`.
+#[cfg(feature = "http2")]
+const DEFAULT_H2_STREAM_WINDOW: u32 = 256 * 1024;
+#[cfg(feature = "http2")]
+const DEFAULT_H2_MAX_STREAMS: usize = 200;
+/// Cap on the default connection window: unread request bodies held for one
+/// connection stay under this.
+#[cfg(feature = "http2")]
+const MAX_DEFAULT_H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// First pause after an accept error that a retry will not fix at once.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept retries while the error persists.
@@ -562,16 +571,24 @@ impl Server {
     /// The HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: how many bytes of one stream's
     /// body the client may send before the handler has read them.
     ///
-    /// Default is 1 MiB (hyper's); `None` keeps it.
+    /// Default is 256 KiB; `None` keeps the default.
     #[cfg(feature = "http2")]
     pub fn http2_initial_stream_window_size(mut self, sz: impl Into<Option<u32>>) -> Self {
         self.config.http2.initial_stream_window_size = sz.into();
         self
     }
 
-    /// The HTTP/2 connection-level flow-control window.
+    /// The HTTP/2 connection-level flow-control window: how many bytes of all
+    /// of one connection's request bodies the client may send before handlers
+    /// have read them.
     ///
-    /// Default is 1 MiB (hyper's); `None` keeps it.
+    /// Default is the stream window times the concurrent-stream limit, at most
+    /// 16 MiB (64 streams' worth by default), so that data sent for streams
+    /// whose handlers still wait for a worker does not use up the window a
+    /// running handler needs to read its own body. (With hyper's equal-sized
+    /// windows, two uploads on one connection with one free worker deadlock.)
+    /// Past that, a starved read ends with `body_read_timeout`, which frees the
+    /// worker. `None` keeps the default.
     #[cfg(feature = "http2")]
     pub fn http2_initial_connection_window_size(mut self, sz: impl Into<Option<u32>>) -> Self {
         self.config.http2.initial_connection_window_size = sz.into();
@@ -599,7 +616,8 @@ impl Server {
 
     /// The most concurrent streams one HTTP/2 client may open.
     ///
-    /// Default is 200 (hyper's); `None` removes the limit.
+    /// Default is 200 (hyper's). `None` removes the limit (then set
+    /// `http2_initial_connection_window_size` yourself).
     #[cfg(feature = "http2")]
     pub fn http2_max_concurrent_streams(mut self, max: impl Into<Option<u32>>) -> Self {
         self.config.http2.max_concurrent_streams = Some(max.into());
@@ -677,13 +695,23 @@ impl Config {
             let c = &self.http2;
             let mut http2 =
                 hyper::server::conn::http2::Builder::new(crate::runtime::Executor(pool.clone()));
+            let streams = c
+                .max_concurrent_streams
+                .unwrap_or(Some(DEFAULT_H2_MAX_STREAMS as u32));
+            let stream_window = c
+                .initial_stream_window_size
+                .unwrap_or(DEFAULT_H2_STREAM_WINDOW);
+            let connection_window = c.initial_connection_window_size.unwrap_or_else(|| {
+                let streams = streams.unwrap_or(DEFAULT_H2_MAX_STREAMS as u32);
+                stream_window
+                    .saturating_mul(streams)
+                    .min(MAX_DEFAULT_H2_CONNECTION_WINDOW)
+            });
             http2
-                .initial_stream_window_size(c.initial_stream_window_size)
-                .initial_connection_window_size(c.initial_connection_window_size)
-                .max_frame_size(c.max_frame_size);
-            if let Some(max) = c.max_concurrent_streams {
-                http2.max_concurrent_streams(max);
-            }
+                .initial_stream_window_size(stream_window)
+                .initial_connection_window_size(connection_window)
+                .max_frame_size(c.max_frame_size)
+                .max_concurrent_streams(streams);
             if c.adaptive_window {
                 http2.adaptive_window(true);
             }
