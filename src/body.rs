@@ -3,7 +3,8 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -73,7 +74,7 @@ enum Kind {
     /// wait for the next chunk.
     Incoming(hyper::body::Incoming, Option<Duration>),
     /// A response streamed from a blocking reader.
-    Reader(Box<dyn Read + Send>),
+    Reader(ReaderState),
 }
 
 impl Body {
@@ -140,7 +141,7 @@ impl Body {
         R: Read + Send + 'static,
     {
         Body {
-            kind: Kind::Reader(Box::new(reader)),
+            kind: Kind::Reader(ReaderState::Idle(Box::new(reader))),
         }
     }
 
@@ -211,7 +212,10 @@ impl Iterator for Body {
     fn next(&mut self) -> Option<io::Result<Bytes>> {
         match &mut self.kind {
             Kind::Full(bytes) => bytes.take().map(Ok),
-            Kind::Reader(reader) => read_chunk(reader.as_mut()).transpose(),
+            Kind::Reader(ReaderState::Idle(reader)) => read_chunk(reader.as_mut()).transpose(),
+            Kind::Reader(ReaderState::Offloaded(_)) => Some(Err(io::Error::other(
+                "the body was being sent when it was iterated",
+            ))),
             Kind::Incoming(incoming, timeout) => loop {
                 let next = std::future::poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx));
                 let Some(frame) = park::block_on_timeout(next, *timeout) else {
@@ -232,6 +236,76 @@ impl Iterator for Body {
             },
         }
     }
+}
+
+/// A reader body being sent.
+enum ReaderState {
+    Idle(Box<dyn Read + Send>),
+    /// A worker is reading the next chunk for us (see `poll_chunk`).
+    Offloaded(Arc<Mutex<Offload>>),
+}
+
+/// A chunk read on a worker for a body polled on the reserve thread.
+#[derive(Default)]
+struct Offload {
+    done: Option<(Box<dyn Read + Send>, io::Result<Option<Bytes>>)>,
+    waker: Option<Waker>,
+}
+
+impl ReaderState {
+    /// Reads the next chunk. User code may block, and only workers may run
+    /// it: on the reserve thread (which keeps I/O going while every worker is
+    /// busy) the read is handed to a worker as a job instead.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if let ReaderState::Offloaded(offload) = self {
+            let mut offload = offload.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((reader, chunk)) = offload.done.take() else {
+                offload.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            };
+            drop(offload);
+            *self = ReaderState::Idle(reader);
+            return Poll::Ready(chunk);
+        }
+        if !pool::on_reserve_thread() {
+            let ReaderState::Idle(reader) = self else {
+                unreachable!("handled above")
+            };
+            return Poll::Ready(pool::blocking_section(|| read_guarded(reader.as_mut())));
+        }
+        let ReaderState::Idle(mut reader) =
+            std::mem::replace(self, ReaderState::Offloaded(Arc::default()))
+        else {
+            unreachable!("handled above")
+        };
+        let ReaderState::Offloaded(offload) = self else {
+            unreachable!("just set")
+        };
+        offload.lock().unwrap_or_else(|e| e.into_inner()).waker = Some(cx.waker().clone());
+        let offload = offload.clone();
+        pool::spawn_job_from_reserve(Box::new(move || {
+            let chunk = pool::blocking_section(|| read_guarded(reader.as_mut()));
+            let waker = {
+                let mut offload = offload.lock().unwrap_or_else(|e| e.into_inner());
+                offload.done = Some((reader, chunk));
+                offload.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }));
+        Poll::Pending
+    }
+}
+
+/// Reads one chunk; a panic inside the reader fails this body, not the thread.
+fn read_guarded(reader: &mut (dyn Read + Send)) -> io::Result<Option<Bytes>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_chunk(reader))).unwrap_or_else(
+        |_| {
+            log::error!("a response body reader panicked; aborting the response");
+            Err(io::Error::other("response body reader panicked"))
+        },
+    )
 }
 
 /// Reads one chunk from `reader`, `None` at its end.
@@ -263,20 +337,9 @@ impl http_body::Body for Body {
             Kind::Incoming(incoming, _) => {
                 Pin::new(incoming).poll_frame(cx).map_err(io::Error::other)
             }
-            Kind::Reader(reader) => {
-                // The reader may block; the pool counts this thread as busy while it
-                // does, and a panic inside it fails this body, not the worker.
-                let result = pool::blocking_section(|| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        read_chunk(reader.as_mut())
-                    }))
-                });
-                let chunk = result.unwrap_or_else(|_| {
-                    log::error!("a response body reader panicked; aborting the response");
-                    Err(io::Error::other("response body reader panicked"))
-                });
-                Poll::Ready(chunk.map(|c| c.map(Frame::data)).transpose())
-            }
+            Kind::Reader(state) => state
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|c| c.map(Frame::data)).transpose()),
         }
     }
 

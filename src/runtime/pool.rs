@@ -519,6 +519,25 @@ fn reserve_main(shared: Arc<Shared>) {
     }
 }
 
+/// Whether the calling thread is a pool's reserve thread, which must never run
+/// user code.
+pub(crate) fn on_reserve_thread() -> bool {
+    CONTEXT.with(|cell| cell.get().is_some_and(|cx| cx.role == Role::Reserve))
+}
+
+/// Queues a job from the reserve thread, for a worker to run.
+///
+/// # Panics
+///
+/// Panics if called elsewhere (see [`on_reserve_thread`]).
+pub(crate) fn spawn_job_from_reserve(job: Job) {
+    let shared = CONTEXT.with(|cell| {
+        let cx = cell.get().filter(|cx| cx.role == Role::Reserve);
+        cx.expect("called on the reserve thread").shared.clone()
+    });
+    Pool(shared).push_global(Runnable::Job(job));
+}
+
 /// Runs `f`, which may block for a long time (user code), telling the pool that
 /// the current worker is unavailable meanwhile. Outside a worker, just runs `f`.
 pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
