@@ -238,9 +238,11 @@ impl Iterator for Body {
     }
 }
 
+type BoxReader = Box<dyn Read + Send>;
+
 /// A reader body being sent.
 enum ReaderState {
-    Idle(Box<dyn Read + Send>),
+    Idle(BoxReader),
     /// A worker is reading the next chunk for us (see `poll_chunk`).
     Offloaded(Arc<Mutex<Offload>>),
 }
@@ -248,7 +250,8 @@ enum ReaderState {
 /// A chunk read on a worker for a body polled on the reserve thread.
 #[derive(Default)]
 struct Offload {
-    done: Option<(Box<dyn Read + Send>, io::Result<Option<Bytes>>)>,
+    /// The reader handed back, and what it read.
+    done: Option<(BoxReader, io::Result<Option<Bytes>>)>,
     waker: Option<Waker>,
 }
 
