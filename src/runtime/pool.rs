@@ -31,6 +31,7 @@ const RESERVE_TICK: Duration = Duration::from_millis(1);
 /// How many runs in a row may come from a worker's LIFO slot before the shared
 /// queue gets a turn: the slot saves a hand-off, but must not starve others.
 const LIFO_BUDGET: u32 = 8;
+
 /// How long jobs wait with every worker busy before the pool grows.
 const SPAWN_DELAY: Duration = Duration::from_millis(1);
 /// Quiet ticks (no handler running) before the reserve thread stops ticking.
@@ -105,6 +106,8 @@ struct Context {
     /// While this worker dispatches reactor events: the tasks they woke,
     /// queued together afterwards with at most one wake-up.
     batch: RefCell<Option<Vec<Runnable>>>,
+    /// Set while a task is being polled.
+    in_task: Cell<bool>,
 }
 
 thread_local! {
@@ -160,7 +163,7 @@ impl Pool {
     /// Queues a woken task: in this worker's LIFO slot when called from a worker
     /// that is not inside user code, otherwise on the shared queue.
     pub(crate) fn push_task(&self, task: Arc<Task>) {
-        self.push_local_or_global(Runnable::Task(task));
+        self.push_local_or_global(Runnable::Task(task), false);
     }
 
     /// Queues a task behind all other queued work.
@@ -170,7 +173,7 @@ impl Pool {
 
     /// Queues a handler job, preferring the current worker's LIFO slot.
     pub(crate) fn spawn_handler(&self, job: Job) {
-        self.push_local_or_global(Runnable::Job(job));
+        self.push_local_or_global(Runnable::Job(job), true);
     }
 
     /// Stops the pool's threads once they have nothing left to do.
@@ -184,7 +187,12 @@ impl Pool {
         self.0.reactor.wake_driver();
     }
 
-    fn push_local_or_global(&self, runnable: Runnable) {
+    /// Queues work in the current worker's LIFO slot (run next) when it can
+    /// take it, otherwise on the shared queue. A task woken by another task
+    /// goes to the shared queue, behind what is already there: HTTP/2 streams
+    /// then all finish before their connection task runs again and writes their
+    /// responses in one go (one `writev` for a whole batch, not one each).
+    fn push_local_or_global(&self, runnable: Runnable, always_lifo: bool) {
         let displaced = CONTEXT.with(|cell| match cell.get() {
             Some(cx)
                 if cx.role == Role::Worker
@@ -194,6 +202,9 @@ impl Pool {
                 if let Some(batch) = cx.batch.borrow_mut().as_mut() {
                     batch.push(runnable);
                     return None;
+                }
+                if cx.in_task.get() && !always_lifo {
+                    return Some(runnable);
                 }
                 cx.lifo.borrow_mut().replace(runnable)
             }
@@ -211,7 +222,7 @@ impl Pool {
         let Some(first) = batch.next() else {
             return;
         };
-        self.push_local_or_global(first);
+        self.push_local_or_global(first, false);
         let shared = &self.0;
         let mut state = shared.lock();
         let mut any = None;
@@ -318,7 +329,11 @@ impl Shared {
 
 fn run(runnable: Runnable) {
     match runnable {
-        Runnable::Task(task) => task.run(),
+        Runnable::Task(task) => {
+            set_in_task(true);
+            task.run();
+            set_in_task(false);
+        }
         Runnable::Job(job) => {
             if catch_unwind(AssertUnwindSafe(job)).is_err() {
                 log::error!("a handler job panicked outside the handler");
@@ -335,6 +350,7 @@ fn enter(shared: &Arc<Shared>, role: Role) {
             blocking: Cell::new(false),
             lifo: RefCell::new(None),
             batch: RefCell::new(None),
+            in_task: Cell::new(false),
         });
     });
 }
@@ -346,6 +362,14 @@ fn set_batch(batch: Option<Vec<Runnable>>) -> Option<Vec<Runnable>> {
         let cx = cell.get()?;
         std::mem::replace(&mut *cx.batch.borrow_mut(), batch)
     })
+}
+
+fn set_in_task(value: bool) {
+    CONTEXT.with(|cell| {
+        if let Some(cx) = cell.get() {
+            cx.in_task.set(value);
+        }
+    });
 }
 
 fn take_lifo() -> Option<Runnable> {
