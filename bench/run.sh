@@ -462,14 +462,17 @@ once() {
 run_scenario() {
     local sc=$1 server rep reps=$REPS
     [ "$sc" = S6 ] && reps=$S6_REPS
-    echo "$(cut -d' ' -f1-3 /proc/loadavg)" >"$RES/$sc.load"
-    for server in $SERVERS; do
-        if [ "$server" = limit ] && [ -z "${LIMIT_SCENARIOS[$sc]:-}" ]; then
-            record_all "$sc" "$server" "n/a" ${METRICS[$sc]}
-            continue
-        fi
-        for ((rep = 1; rep <= reps; rep++)); do
+    # Repetitions are interleaved across servers, so that a burst of load from
+    # elsewhere on a shared machine is spread over all of them rather than
+    # landing on one server's runs.
+    for ((rep = 1; rep <= reps; rep++)); do
+        for server in $SERVERS; do
+            if [ "$server" = limit ] && [ -z "${LIMIT_SCENARIOS[$sc]:-}" ]; then
+                [ "$rep" = 1 ] && record_all "$sc" "$server" "n/a" ${METRICS[$sc]}
+                continue
+            fi
             log "$sc $server run $rep/$reps"
+            record "$sc" "$server" load1 "$(cut -d' ' -f1 /proc/loadavg)"
             case $sc in
                 S1) once S1 "$server" s1 "${METRICS[S1]}" ;;
                 S2) once S2 "$server" s2 "${METRICS[S2]}" ;;
@@ -530,7 +533,10 @@ print_scenario() {
             table S6 "probes:% probes answered:0:r"
             if [ -s "$RES/S6.notes" ]; then
                 echo
-                sed 's/^/- /' "$RES/S6.notes"
+                echo "Probes answered, per run:"
+                awk -F': ' '{ runs[$1] = runs[$1] (runs[$1] == "" ? "" : ", ") $2; if (!seen[$1]++) order[++n] = $1 }
+                    END { for (i = 1; i <= n; i++) print "- " order[i] ": " runs[order[i]] }' "$RES/S6.notes" |
+                    sed 's/ probes answered//g'
             fi
             ;;
         S7)
@@ -539,9 +545,11 @@ print_scenario() {
             table S7 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
             ;;
     esac
-    if [ -s "$RES/$sc.load" ]; then
+    local loads
+    loads=$(cat "$RES/$sc"/*/load1 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi }')
+    if [ -n "$loads" ]; then
         echo
-        echo "Load average when $sc started: $(cat "$RES/$sc.load")"
+        echo "1-minute load average at the start of this scenario's runs: $loads"
     fi
     echo
 }
