@@ -32,8 +32,13 @@ const RESERVE_TICK: Duration = Duration::from_millis(1);
 /// queue gets a turn: the slot saves a hand-off, but must not starve others.
 const LIFO_BUDGET: u32 = 8;
 
-/// How long jobs wait with every worker busy before the pool grows.
-const SPAWN_DELAY: Duration = Duration::from_millis(1);
+/// How long every worker must have been inside the same handlers before the
+/// reserve thread steps in (runs tasks, polls).
+const STUCK_DELAY: Duration = Duration::from_millis(1);
+/// How long before it adds workers. Longer: on a busy machine a worker inside a
+/// short handler can be preempted for a millisecond, and a thread is dearer
+/// than a hand-off.
+const SPAWN_DELAY: Duration = Duration::from_millis(10);
 /// Quiet ticks (no handler running) before the reserve thread stops ticking.
 const RESERVE_LINGER_TICKS: u32 = 100;
 
@@ -456,9 +461,19 @@ fn reserve_main(shared: Arc<Shared>) {
         if state.shutdown {
             return;
         }
-        // Every worker is inside user code: run the tasks they cannot.
+        // Stuck: every worker is inside a handler and none has entered or
+        // left one for `STUCK_DELAY`. Handlers that return within that time
+        // are left alone: stepping in for them would only add hand-offs and
+        // threads competing for the CPU.
         let saturated = shared.available(&state) == 0;
-        if saturated {
+        let handler_epoch = shared.handler_epoch.load(Ordering::SeqCst);
+        if handler_epoch != handler_epoch_seen || !saturated {
+            handler_epoch_seen = handler_epoch;
+            progress_at = Instant::now();
+        }
+        let stuck = saturated && progress_at.elapsed() >= STUCK_DELAY;
+        // Run the tasks the stuck workers cannot (request bodies they wait for).
+        if stuck {
             if let Some(runnable) = shared.pop(&mut state, false, false) {
                 drop(state);
                 run(runnable);
@@ -466,20 +481,19 @@ fn reserve_main(shared: Arc<Shared>) {
                 continue;
             }
         }
-        // Grow the pool when jobs are queued, every worker is inside a handler,
-        // and none has entered or left one for `SPAWN_DELAY`: the handlers
-        // block, and waiting longer would not free a worker.
-        let handler_epoch = shared.handler_epoch.load(Ordering::SeqCst);
-        if handler_epoch != handler_epoch_seen || !saturated || state.jobs.is_empty() {
-            handler_epoch_seen = handler_epoch;
-            progress_at = Instant::now();
-        } else if progress_at.elapsed() >= SPAWN_DELAY && !state.shutdown {
+        // Grow the pool for jobs queued behind stuck workers.
+        let stuck_long = saturated && progress_at.elapsed() >= SPAWN_DELAY;
+        if stuck_long && !state.jobs.is_empty() && !state.shutdown {
             let room = shared.config.max_workers.saturating_sub(state.workers);
             for _ in 0..room.min(state.jobs.len()) {
                 shared.spawn_worker(&mut state);
             }
-            progress_at = Instant::now();
+            if room > 0 {
+                progress_at = Instant::now();
+                continue;
+            }
         }
+        let saturated = stuck;
         let handlers_running = shared.in_blocking.load(Ordering::SeqCst) > 0;
         if handlers_running {
             quiet_ticks = 0;
