@@ -18,19 +18,12 @@ fn hello(_request: astra::Request, _info: astra::ConnectionInfo) -> Response {
     Response::new(Body::new("hello"))
 }
 
-/// Reads until the peer closes; returns the bytes and when it closed.
+/// Reads until the peer closes; returns the bytes and how long it took since
+/// `started`. Fails the test if the socket's read timeout passes first.
 fn read_until_close(stream: &mut TcpStream, started: Instant) -> (Vec<u8>, Duration) {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return (received, started.elapsed()),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
-                return (received, started.elapsed())
-            }
-            Err(err) => panic!("connection still open after {:?}: {err}", started.elapsed()),
-        }
+    match read_until_closed(stream) {
+        Ok(received) => (received, started.elapsed()),
+        Err(err) => panic!("connection still open after {:?}: {err}", started.elapsed()),
     }
 }
 

@@ -272,27 +272,41 @@ impl Shared {
 
     /// Makes sure some thread will pick up newly queued work, cheapest way first:
     /// a parked worker, the worker blocked in `poll`, a worker that is busy but
-    /// will come back, a new worker, and last the reserve thread (tasks only).
-    fn find_runner(self: &Arc<Self>, state: &mut State, is_task: bool) {
-        if state.parked > 0 {
-            state.parked -= 1;
-            state.wakeups += 1;
-            self.worker_cv.notify_one();
-        } else if state.polling {
+    /// will come back; with every worker inside a handler, the reserve thread
+    /// (tasks only, see `reserve_main`).
+    fn find_runner(&self, state: &mut State, is_task: bool) {
+        if self.unpark_one(state) {
+            return;
+        }
+        if state.polling {
             state.polling = false;
             self.reactor.wake_driver();
-        } else if self.available(state) > 0 {
+            return;
+        }
+        if self.available(state) > 0 {
             // A worker is running a task and returns to the queue afterwards.
-        } else if is_task {
-            // Every worker is inside user code. If the reserve already polls for
-            // them, it runs the task; otherwise its next tick notices when the
-            // handlers block (most return sooner than a wake-up would take).
+            return;
+        }
+        if is_task {
+            // If the reserve already polls for stuck workers, it runs the task;
+            // otherwise its next tick notices if the handlers block (most return
+            // sooner than a wake-up would take).
             self.interrupt_reserve_poll();
         }
-        // A job with every worker inside user code waits for one to return; if
-        // none has within `SPAWN_DELAY`, the reserve adds workers. Most handlers
-        // return sooner than a thread starts, so the pool grows only for
-        // handlers that really block.
+        // A job waits for a worker to return; if none has within `SPAWN_DELAY`,
+        // the reserve adds workers. Most handlers return sooner than a thread
+        // starts, so the pool grows only for handlers that really block.
+    }
+
+    /// Wakes one parked worker, if any; returns whether one was.
+    fn unpark_one(&self, state: &mut State) -> bool {
+        if state.parked == 0 {
+            return false;
+        }
+        state.parked -= 1;
+        state.wakeups += 1;
+        self.worker_cv.notify_one();
+        true
     }
 
     /// Makes the reserve thread return from `poll` if it is blocked there.
@@ -430,10 +444,8 @@ fn worker_main(shared: Arc<Shared>) {
             state.wakeups -= 1;
             // Woken for queued work: if more is queued than this worker takes,
             // pass the wake-up on (one at a time, not a thundering herd).
-            if state.tasks.len() + state.jobs.len() > 1 && state.parked > 0 {
-                state.parked -= 1;
-                state.wakeups += 1;
-                shared.worker_cv.notify_one();
+            if state.tasks.len() + state.jobs.len() > 1 {
+                shared.unpark_one(&mut state);
             }
             continue;
         }
@@ -525,10 +537,8 @@ fn reserve_main(shared: Arc<Shared>) {
                 state = shared.lock();
                 drop(driver);
                 // Hand polling back to a worker if one is parked.
-                if shared.available(&state) > 0 && state.parked > 0 {
-                    state.parked -= 1;
-                    state.wakeups += 1;
-                    shared.worker_cv.notify_one();
+                if shared.available(&state) > 0 {
+                    shared.unpark_one(&mut state);
                 }
                 last_epoch = shared.reactor.epoch();
                 continue;
