@@ -6,10 +6,14 @@
 //!   nothing to run becomes the poller if nobody is, and parks otherwise. A job
 //!   spawned by a task goes to the worker's LIFO slot, so the same thread runs the
 //!   handler right after the task yields: the common request needs no hand-off.
-//! - **The reserve thread** never runs handlers. When every worker is blocked
-//!   inside user code, it polls the reactor and runs connection tasks itself, so
-//!   request bodies keep flowing to handlers that wait for them (no deadlock even
-//!   at `max_workers`). While no handler is running it sleeps without ticking.
+//! - **The reserve thread** never runs user code. It ticks every millisecond
+//!   while handlers run (and sleeps otherwise). When no worker has entered or
+//!   left a handler for a tick, the workers are stuck in handlers that block: it
+//!   polls the reactor and runs connection tasks itself, so request bodies keep
+//!   flowing to the handlers that wait for them (no deadlock even at
+//!   `max_workers`), and after `SPAWN_DELAY` it adds workers for queued jobs.
+//!   Handlers that return quickly never see it, so a busy server pays no
+//!   hand-offs for it.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
