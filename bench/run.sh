@@ -50,6 +50,7 @@ CORES=$(nproc)
 MAX_WORKERS=$((15 * CORES))
 BIN="$HERE/target/release"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+STARTED=$(date -u "+%Y-%m-%d, %H:%M")
 LOGDIR=${LOGDIR:-"$HERE/target/bench-logs/$STAMP"}
 RES="$LOGDIR/res"
 REPORT="$LOGDIR/report.md"
@@ -561,7 +562,7 @@ lock_version() {
 }
 
 header() {
-    echo "## Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "## Run of $STARTED to $(date -u +%H:%M) UTC"
     echo
     echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
         "$(uname -sr); load average before: $LOAD_BEFORE"
