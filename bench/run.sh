@@ -105,7 +105,8 @@ start_server() {
     fi
     "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" &
     SERVER_PID=$!
-    for i in $(seq 100); do
+    local deadline=$((SECONDS + 10))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             wait "$SERVER_PID" 2>/dev/null
             echo "exited at start (status $?)"
