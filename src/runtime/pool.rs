@@ -7,13 +7,13 @@
 //!   spawned by a task goes to the worker's LIFO slot, so the same thread runs the
 //!   handler right after the task yields: the common request needs no hand-off.
 //! - **The reserve thread** never runs user code. It ticks every millisecond
-//!   while handlers run (and sleeps otherwise). When no worker has entered or
-//!   left a handler for a tick, the workers are stuck in handlers that block: it
-//!   polls the reactor and runs connection tasks itself, so request bodies keep
-//!   flowing to the handlers that wait for them (no deadlock even at
-//!   `max_workers`), and after `SPAWN_DELAY` it adds workers for queued jobs.
-//!   Handlers that return quickly never see it, so a busy server pays no
-//!   hand-offs for it.
+//!   while handlers run (and sleeps otherwise). When every worker is inside a
+//!   handler and a queued task has waited `STUCK_DELAY`, the handlers block: it
+//!   polls the reactor and runs connection tasks itself until a worker is free,
+//!   so request bodies keep flowing to the handlers that wait for them (no
+//!   deadlock even at `max_workers`); when a queued job has waited
+//!   `SPAWN_DELAY`, it adds workers. Handlers that return quickly never see it,
+//!   so a busy server pays no hand-offs for it.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
@@ -36,12 +36,14 @@ const RESERVE_TICK: Duration = Duration::from_millis(1);
 /// queue gets a turn: the slot saves a hand-off, but must not starve others.
 const LIFO_BUDGET: u32 = 8;
 
-/// How long every worker must have been inside the same handlers before the
-/// reserve thread steps in (runs tasks, polls).
+/// How long a task may wait, with every worker inside a handler, before the
+/// reserve thread runs it (and keeps running tasks and polling until a worker
+/// is free again).
 const STUCK_DELAY: Duration = Duration::from_millis(1);
-/// How long before it adds workers. Longer: on a busy machine a worker inside a
-/// short handler can be preempted for a millisecond, and a thread is dearer
-/// than a hand-off.
+/// How long a job may wait, with every worker inside a handler, before the
+/// reserve adds workers. Longer: on a busy machine a worker inside a short
+/// handler can be preempted for a millisecond, and a thread is dearer than a
+/// hand-off.
 const SPAWN_DELAY: Duration = Duration::from_millis(10);
 /// Quiet ticks (no handler running) before the reserve thread stops ticking.
 const RESERVE_LINGER_TICKS: u32 = 100;
@@ -67,9 +69,6 @@ struct Shared {
     reserve_cv: Condvar,
     /// Workers currently inside user code (`blocking_section`).
     in_blocking: AtomicUsize,
-    /// Bumped whenever a worker enters or leaves user code; the reserve
-    /// watches it to tell handlers that block from handlers that are busy.
-    handler_epoch: AtomicUsize,
     /// Set while the reserve thread sleeps without ticking.
     reserve_parked: AtomicBool,
     /// Set while the reserve thread waits in `poll` because every worker is
@@ -80,8 +79,10 @@ struct Shared {
 }
 
 struct State {
-    tasks: VecDeque<Arc<Task>>,
-    jobs: VecDeque<Job>,
+    /// Queued work, each with when it was queued: the reserve thread steps in
+    /// for work that has waited too long.
+    tasks: VecDeque<(Instant, Arc<Task>)>,
+    jobs: VecDeque<(Instant, Job)>,
     /// Live worker threads.
     workers: usize,
     /// Parked workers not yet notified.
@@ -141,7 +142,6 @@ impl Pool {
             worker_cv: Condvar::new(),
             reserve_cv: Condvar::new(),
             in_blocking: AtomicUsize::new(0),
-            handler_epoch: AtomicUsize::new(0),
             reserve_parked: AtomicBool::new(false),
             reserve_polling: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
@@ -238,8 +238,8 @@ impl Pool {
         for runnable in batch {
             let is_task = matches!(runnable, Runnable::Task(_));
             match runnable {
-                Runnable::Task(task) => state.tasks.push_back(task),
-                Runnable::Job(job) => state.jobs.push_back(job),
+                Runnable::Task(task) => state.tasks.push_back((Instant::now(), task)),
+                Runnable::Job(job) => state.jobs.push_back((Instant::now(), job)),
             }
             shared.queued.fetch_add(1, Ordering::Relaxed);
             any = Some(any.unwrap_or(false) || is_task);
@@ -254,8 +254,8 @@ impl Pool {
         let mut state = shared.lock();
         let is_task = matches!(runnable, Runnable::Task(_));
         match runnable {
-            Runnable::Task(task) => state.tasks.push_back(task),
-            Runnable::Job(job) => state.jobs.push_back(job),
+            Runnable::Task(task) => state.tasks.push_back((Instant::now(), task)),
+            Runnable::Job(job) => state.jobs.push_back((Instant::now(), job)),
         }
         shared.queued.fetch_add(1, Ordering::Relaxed);
         shared.find_runner(&mut state, is_task);
@@ -337,11 +337,11 @@ impl Shared {
     fn pop(&self, state: &mut State, jobs_too: bool, prefer_jobs: bool) -> Option<Runnable> {
         let job_first = jobs_too && prefer_jobs;
         let runnable = if job_first && !state.jobs.is_empty() {
-            Runnable::Job(state.jobs.pop_front()?)
-        } else if let Some(task) = state.tasks.pop_front() {
+            Runnable::Job(state.jobs.pop_front()?.1)
+        } else if let Some((_, task)) = state.tasks.pop_front() {
             Runnable::Task(task)
         } else if jobs_too && !state.jobs.is_empty() {
-            Runnable::Job(state.jobs.pop_front()?)
+            Runnable::Job(state.jobs.pop_front()?.1)
         } else {
             return None;
         };
@@ -470,26 +470,27 @@ fn reserve_main(shared: Arc<Shared>) {
     enter(&shared, Role::Reserve);
     let mut quiet_ticks = 0;
     let mut last_epoch = shared.reactor.epoch();
-    let mut handler_epoch_seen = 0;
-    let mut progress_at = Instant::now();
+    // Running tasks and polling for workers stuck in handlers.
+    let mut engaged = false;
     let mut state = shared.lock();
     loop {
         if state.shutdown {
             return;
         }
-        // Stuck: every worker is inside a handler and none has entered or
-        // left one for `STUCK_DELAY`. Handlers that return within that time
-        // are left alone: stepping in for them would only add hand-offs and
-        // threads competing for the CPU.
+        // Step in when every worker is inside a handler and queued work has
+        // waited: a task `STUCK_DELAY` (run tasks and poll until a worker is
+        // free again), a job `SPAWN_DELAY` (add workers). Handlers that return
+        // sooner are left alone: stepping in for them would only add
+        // hand-offs and threads competing for the CPU.
         let saturated = shared.available(&state) == 0;
-        let handler_epoch = shared.handler_epoch.load(Ordering::SeqCst);
-        if handler_epoch != handler_epoch_seen || !saturated {
-            handler_epoch_seen = handler_epoch;
-            progress_at = Instant::now();
+        let waited = |since: Option<&Instant>, delay| since.is_some_and(|t| t.elapsed() >= delay);
+        if !saturated {
+            engaged = false;
+        } else if waited(state.tasks.front().map(|(t, _)| t), STUCK_DELAY) {
+            engaged = true;
         }
-        let stuck = saturated && progress_at.elapsed() >= STUCK_DELAY;
         // Run the tasks the stuck workers cannot (request bodies they wait for).
-        if stuck {
+        if engaged {
             if let Some(runnable) = shared.pop(&mut state, false, false) {
                 drop(state);
                 run(runnable);
@@ -497,19 +498,19 @@ fn reserve_main(shared: Arc<Shared>) {
                 continue;
             }
         }
-        // Grow the pool for jobs queued behind stuck workers.
-        let stuck_long = saturated && progress_at.elapsed() >= SPAWN_DELAY;
-        if stuck_long && !state.jobs.is_empty() && !state.shutdown {
-            let room = shared.config.max_workers.saturating_sub(state.workers);
+        // Grow the pool for jobs queued behind workers stuck in handlers.
+        let room = shared.config.max_workers.saturating_sub(state.workers);
+        if saturated
+            && room > 0
+            && !state.shutdown
+            && waited(state.jobs.front().map(|(t, _)| t), SPAWN_DELAY)
+        {
             for _ in 0..room.min(state.jobs.len()) {
                 shared.spawn_worker(&mut state);
             }
-            if room > 0 {
-                progress_at = Instant::now();
-                continue;
-            }
+            continue;
         }
-        let saturated = stuck;
+        let saturated = engaged;
         let handlers_running = shared.in_blocking.load(Ordering::SeqCst) > 0;
         if handlers_running {
             quiet_ticks = 0;
@@ -604,7 +605,6 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
         return f();
     };
     shared.in_blocking.fetch_add(1, Ordering::SeqCst);
-    shared.handler_epoch.fetch_add(1, Ordering::Relaxed);
     if shared.reserve_parked.load(Ordering::SeqCst) {
         // The reserve must tick while handlers run, to notice if they block.
         let _state = shared.lock();
@@ -614,7 +614,6 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Exit {
         fn drop(&mut self) {
             self.0.in_blocking.fetch_sub(1, Ordering::SeqCst);
-            self.0.handler_epoch.fetch_add(1, Ordering::Relaxed);
             // This worker is free again: it, not the reserve, should poll.
             self.0.interrupt_reserve_poll();
             CONTEXT.with(|cell| {
