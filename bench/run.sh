@@ -103,7 +103,7 @@ start_server() {
         echo "port $port still in use"
         return 1
     fi
-    "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" &
+    "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
     SERVER_PID=$!
     local deadline=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -583,7 +583,22 @@ header() {
     echo
 }
 
+# Two runs at once would share ports and cores and spoil each other's figures:
+# wait (bounded) for any other run to finish.
+take_lock() {
+    local lock=${BENCH_LOCK:-/tmp/astra-bench.lock} wait=${BENCH_LOCK_WAIT:-3600}
+    exec 9>>"$lock"
+    if ! flock -n 9; then
+        log "another bench/run.sh holds $lock; waiting up to ${wait}s"
+        if ! flock -w "$wait" 9; then
+            log "still busy after ${wait}s; giving up"
+            exit 1
+        fi
+    fi
+}
+
 main() {
+    take_lock
     install_tools
     build
     raise_fd_limit
