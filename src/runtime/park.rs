@@ -8,6 +8,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use super::pool;
+
 /// Wakes the thread that is blocked in [`block_on`].
 struct ThreadWaker {
     thread: Thread,
@@ -57,11 +59,12 @@ pub(crate) fn block_on_timeout<F: Future>(
     });
     let waker = Waker::from(waker_state.clone());
     let mut cx = Context::from_waker(&waker);
-    // Fast path: often the data is already there.
-    if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+    // Fast path: often the data is already there, or the connection task this
+    // poll wakes can fetch it at once on this thread.
+    if let Poll::Ready(output) = pool::poll_and_help(|| future.as_mut().poll(&mut cx)) {
         return Some(output);
     }
-    super::pool::blocking_section(|| loop {
+    pool::blocking_section(|| loop {
         while !waker_state.woken.swap(false, Ordering::Acquire) {
             match deadline {
                 None => thread::park(),
@@ -74,7 +77,7 @@ pub(crate) fn block_on_timeout<F: Future>(
                 }
             }
         }
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+        if let Poll::Ready(output) = pool::poll_and_help(|| future.as_mut().poll(&mut cx)) {
             return Some(output);
         }
     })

@@ -203,16 +203,14 @@ impl Pool {
     /// responses in one go (one `writev` for a whole batch, not one each).
     fn push_local_or_global(&self, runnable: Runnable, always_lifo: bool) {
         let displaced = CONTEXT.with(|cell| match cell.get() {
-            Some(cx)
-                if cx.role == Role::Worker
-                    && !cx.blocking.get()
-                    && Arc::ptr_eq(&cx.shared, &self.0) =>
-            {
+            Some(cx) if cx.role == Role::Worker && Arc::ptr_eq(&cx.shared, &self.0) => {
+                // Captured by a reactor turn or by a handler about to wait
+                // (`poll_and_help`), even inside user code.
                 if let Some(batch) = cx.batch.borrow_mut().as_mut() {
                     batch.push(runnable);
                     return None;
                 }
-                if cx.in_task.get() && !always_lifo {
+                if cx.blocking.get() || (cx.in_task.get() && !always_lifo) {
                     return Some(runnable);
                 }
                 cx.lifo.borrow_mut().replace(runnable)
@@ -521,7 +519,9 @@ fn reserve_main(shared: Arc<Shared>) {
         // tick while handlers run (a worker that left polling to run a long
         // handler while the others are parked).
         let epoch = shared.reactor.epoch();
-        if saturated || (handlers_running && epoch == last_epoch) {
+        let nobody_polled = epoch == last_epoch;
+        last_epoch = epoch;
+        if saturated || (handlers_running && nobody_polled) {
             if let Some(mut driver) = shared.reactor.try_driver() {
                 // While saturated, wait for events until a worker comes free
                 // (`interrupt_reserve_poll`); otherwise look once and hand back.
@@ -546,10 +546,13 @@ fn reserve_main(shared: Arc<Shared>) {
                     shared.unpark_one(&mut state);
                 }
                 last_epoch = shared.reactor.epoch();
-                continue;
+                if saturated {
+                    continue;
+                }
+                // A look on behalf of a worker that left polling: the next one
+                // is a tick away, not at once (that would spin on this core).
             }
         }
-        last_epoch = epoch;
         if quiet_ticks > RESERVE_LINGER_TICKS {
             shared.reserve_parked.store(true, Ordering::SeqCst);
             // Re-check after publishing the flag: a worker entering user code
@@ -570,6 +573,36 @@ fn reserve_main(shared: Arc<Shared>) {
                 .0;
         }
     }
+}
+
+/// Runs `poll` (a handler polling its request body) with the tasks it wakes
+/// captured, then runs those tasks right here.
+///
+/// The task a waiting handler wakes is the connection that feeds its body;
+/// running it on this thread, instead of queueing it for another thread and
+/// sleeping until that one answers, saves two cross-thread wake-ups per chunk.
+/// Tasks never block, so the handler waits no longer for it. Captured jobs
+/// (handlers) are queued as usual: user code must not nest.
+pub(crate) fn poll_and_help<T>(poll: impl FnOnce() -> T) -> T {
+    let Some(previous) = CONTEXT.with(|cell| {
+        let cx = cell.get().filter(|cx| cx.role == Role::Worker)?;
+        Some(cx.batch.borrow_mut().replace(Vec::new()))
+    }) else {
+        return poll();
+    };
+    let output = poll();
+    let woken = set_batch(previous).unwrap_or_default();
+    for runnable in woken {
+        match runnable {
+            Runnable::Task(_) => run(runnable),
+            Runnable::Job(_) => CONTEXT.with(|cell| {
+                if let Some(cx) = cell.get() {
+                    Pool(cx.shared.clone()).push_global(runnable);
+                }
+            }),
+        }
+    }
+    output
 }
 
 /// Whether the calling thread is a pool's reserve thread, which must never run
