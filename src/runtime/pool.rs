@@ -74,8 +74,6 @@ struct Shared {
     /// Set while the reserve thread waits in `poll` because every worker is
     /// inside user code; cleared (and the poll interrupted) when that changes.
     reserve_polling: AtomicBool,
-    /// Items in the global queues; read without the lock on hot paths.
-    queued: AtomicUsize,
 }
 
 struct State {
@@ -144,7 +142,6 @@ impl Pool {
             in_blocking: AtomicUsize::new(0),
             reserve_parked: AtomicBool::new(false),
             reserve_polling: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
         });
         let reserve = shared.clone();
         thread::Builder::new()
@@ -186,7 +183,6 @@ impl Pool {
     }
 
     /// Stops the pool's threads once they have nothing left to do.
-    #[allow(dead_code)] // used by graceful shutdown
     pub(crate) fn shutdown(&self) {
         let mut state = self.0.lock();
         state.shutdown = true;
@@ -234,12 +230,7 @@ impl Pool {
         let mut state = shared.lock();
         let mut any = None;
         for runnable in batch {
-            let is_task = matches!(runnable, Runnable::Task(_));
-            match runnable {
-                Runnable::Task(task) => state.tasks.push_back((Instant::now(), task)),
-                Runnable::Job(job) => state.jobs.push_back((Instant::now(), job)),
-            }
-            shared.queued.fetch_add(1, Ordering::Relaxed);
+            let is_task = state.enqueue(runnable);
             any = Some(any.unwrap_or(false) || is_task);
         }
         if let Some(is_task) = any {
@@ -250,13 +241,23 @@ impl Pool {
     fn push_global(&self, runnable: Runnable) {
         let shared = &self.0;
         let mut state = shared.lock();
-        let is_task = matches!(runnable, Runnable::Task(_));
-        match runnable {
-            Runnable::Task(task) => state.tasks.push_back((Instant::now(), task)),
-            Runnable::Job(job) => state.jobs.push_back((Instant::now(), job)),
-        }
-        shared.queued.fetch_add(1, Ordering::Relaxed);
+        let is_task = state.enqueue(runnable);
         shared.find_runner(&mut state, is_task);
+    }
+}
+
+impl State {
+    /// Appends to the matching queue, stamped with the time; returns whether it
+    /// was a task.
+    fn enqueue(&mut self, runnable: Runnable) -> bool {
+        match runnable {
+            Runnable::Task(task) => self.tasks.push_back((Instant::now(), task)),
+            Runnable::Job(job) => {
+                self.jobs.push_back((Instant::now(), job));
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -343,7 +344,6 @@ impl Shared {
         } else {
             return None;
         };
-        self.queued.fetch_sub(1, Ordering::Relaxed);
         Some(runnable)
     }
 }

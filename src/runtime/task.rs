@@ -66,7 +66,7 @@ impl Task {
                     // Woken while running: queue it again, behind other work, so a
                     // task that keeps waking itself cannot starve the rest.
                     self.state.store(SCHEDULED, Ordering::Release);
-                    self.pool.clone().push_task_fair(self.clone());
+                    self.pool.push_task_fair(self.clone());
                 }
             }
             Ok(Poll::Ready(())) => {
