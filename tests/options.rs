@@ -309,3 +309,51 @@ fn http1_writev_false_still_sends_correct_responses() {
             .all(|(i, &b)| b == common::pattern(i as u64)));
     }
 }
+
+/// Starts a server whose handler answers with the largest body chunk it saw
+/// and the body's total length.
+fn start_chunk_meter(server: Server) -> SocketAddr {
+    common::start(server, |mut request: Request, _| {
+        let (mut largest, mut total) = (0, 0);
+        for chunk in request.body_mut() {
+            let chunk = chunk.unwrap();
+            largest = largest.max(chunk.len());
+            total += chunk.len();
+        }
+        Response::new(Body::new(format!("{largest} {total}")))
+    })
+}
+
+fn largest_chunk_of_upload(addr: SocketAddr, size: usize) -> usize {
+    let (status, text) = common::within(Duration::from_secs(20), "an upload", move || {
+        let response = common::agent()
+            .post(&common::url(addr, "/"))
+            .send(&vec![b'x'; size][..])
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.into_body().read_to_string().unwrap())
+    });
+    assert_eq!(status, 200);
+    let (largest, total) = text.split_once(' ').unwrap();
+    assert_eq!(
+        total.parse::<usize>().unwrap(),
+        size,
+        "the whole body arrives"
+    );
+    largest.parse().unwrap()
+}
+
+#[test]
+fn http1_max_buf_size_caps_body_chunks() {
+    // Default: 64 KiB.
+    let addr = start_chunk_meter(common::server());
+    let largest = largest_chunk_of_upload(addr, 4 << 20);
+    assert!(largest <= 64 * 1024, "a {largest}-byte chunk by default");
+
+    let addr = start_chunk_meter(common::server().http1_max_buf_size(16 * 1024));
+    let largest = largest_chunk_of_upload(addr, 1 << 20);
+    assert!(
+        largest <= 16 * 1024,
+        "a {largest}-byte chunk with a 16 KiB buffer"
+    );
+}
