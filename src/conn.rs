@@ -210,20 +210,24 @@ impl Watch {
             else {
                 return Poll::Pending;
             };
-            if Instant::now() >= deadline {
-                return Poll::Ready(Ended::Closed(phase.to_string()));
-            }
             match &mut self.sleep {
-                // A later deadline: let the armed timer fire first, then re-arm.
+                // The armed timer fires first (or at the deadline): it decides,
+                // and the common poll reads no clock.
                 Some(sleep) if sleep.deadline() <= deadline => {}
+                _ if Instant::now() >= deadline => {
+                    return Poll::Ready(Ended::Closed(phase.to_string()));
+                }
                 Some(sleep) => sleep.reset(deadline),
                 None => self.sleep = Some(self.protocols.timer.sleep_until(deadline)),
             }
             let sleep = self.sleep.as_mut().expect("armed above");
             match Pin::new(sleep).poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                // Fired early relative to the current deadline: re-arm for it.
                 Poll::Ready(()) => {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Ended::Closed(phase.to_string()));
+                    }
+                    // Fired for an earlier deadline: re-arm for this one.
                     let sleep = self.sleep.as_mut().expect("armed above");
                     sleep.reset(deadline);
                 }

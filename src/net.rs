@@ -10,11 +10,14 @@ use hyper::rt::ReadBufCursor;
 
 use crate::runtime::reactor::{ScheduledIo, READABLE, WRITABLE};
 use crate::runtime::Pool;
+use crate::shutdown::{Signal, TrackedSocket};
 use crate::timeouts::Activity;
 
 /// An accepted TCP connection, registered with the pool's reactor for its whole
 /// life (one registration, deregistered on drop).
 pub(crate) struct TcpConn {
+    /// Declared before `stream`: dropped before the socket closes.
+    _tracked: TrackedSocket,
     stream: mio::net::TcpStream,
     io: Arc<ScheduledIo>,
     token: usize,
@@ -23,9 +26,14 @@ pub(crate) struct TcpConn {
 }
 
 impl TcpConn {
-    pub(crate) fn register(mut stream: mio::net::TcpStream, pool: &Pool) -> io::Result<TcpConn> {
+    pub(crate) fn register(
+        mut stream: mio::net::TcpStream,
+        pool: &Pool,
+        signal: &Arc<Signal>,
+    ) -> io::Result<TcpConn> {
         let (token, io) = pool.reactor().register(&mut stream)?;
         Ok(TcpConn {
+            _tracked: signal.track_socket(stream.as_raw_fd()),
             stream,
             io,
             token,

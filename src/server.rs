@@ -481,8 +481,9 @@ impl Server {
     }
 
     /// Whether to keep answering an HTTP/1 client that has shut down its
-    /// writing side (half-closed). When off, the connection is closed as soon as
-    /// the client's end of stream is read.
+    /// writing side (half-closed). When off, such a connection is closed without
+    /// a response: at once, or, for a request without a body (whose handler
+    /// runs on the thread serving the connection), when the handler returns.
     ///
     /// Default is `false`.
     pub fn http1_half_close(mut self, val: bool) -> Self {
@@ -763,7 +764,7 @@ fn start_connection(
     if let Err(err) = stream.set_nodelay(true) {
         log::debug!("could not set TCP_NODELAY for {peer}: {err}");
     }
-    let conn = match TcpConn::register(stream, pool) {
+    let conn = match TcpConn::register(stream, pool, signal) {
         Ok(conn) => conn,
         Err(err) => {
             log::error!("could not register the connection from {peer}: {err}");

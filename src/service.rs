@@ -129,10 +129,19 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
     type Future = PendingResponse;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
-        let in_flight = self.activity.request_started();
-        let slot = Arc::new(Mutex::new(Slot::default()));
+        let in_flight = Some(self.activity.request_started());
         let body_read_timeout = self.body_read_timeout;
+        let inline = runs_inline(&request) && pool::may_run_handler_here();
         let request = request.map(|incoming| Body::incoming(incoming, body_read_timeout));
+        if inline {
+            let info = self.info.clone();
+            let response = pool::blocking_section(|| run_handler(&*self.service, request, info));
+            return PendingResponse {
+                state: Pending::Ready(Some(response)),
+                in_flight,
+            };
+        }
+        let slot = Arc::new(Mutex::new(Slot::default()));
         let service = self.service.clone();
         let info = self.info.clone();
         let job_slot = slot.clone();
@@ -150,13 +159,26 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             }
         }));
         PendingResponse {
-            slot,
-            in_flight: Some(in_flight),
+            state: Pending::Job(slot),
+            in_flight,
         }
     }
 }
 
-/// Runs the handler, turning a panic into a 500 response.
+/// Whether a request's handler may run inside its connection's poll, on the
+/// worker polling it, instead of as a job of its own: an HTTP/1 request with no
+/// body. Nothing then needs the connection task while the handler runs (no body
+/// to feed it; HTTP/1 serves one request at a time), and the request costs one
+/// poll of its connection instead of two plus a job. The worker is in user code
+/// for the pool either way (`blocking_section`), and it is the same thread the
+/// job would have run on next.
+///
+/// Never for HTTP/2: hyper calls the service from the connection's task, so a
+/// blocking handler there would stall every other stream of the connection.
+fn runs_inline(request: &http::Request<hyper::body::Incoming>) -> bool {
+    request.version() < http::Version::HTTP_2 && http_body::Body::is_end_stream(request.body())
+}
+
 fn run_handler(service: &dyn SharedService, request: Request, info: ConnectionInfo) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
@@ -182,12 +204,19 @@ struct Slot {
     waker: Option<Waker>,
 }
 
-/// Resolves when the handler job has produced the response.
+/// Resolves when the handler has produced the response.
 pub(crate) struct PendingResponse {
-    slot: Arc<Mutex<Slot>>,
+    state: Pending,
     /// Moves into the response body; dropped with this future if the request
     /// is abandoned (the client reset the stream).
     in_flight: Option<InFlight>,
+}
+
+enum Pending {
+    /// The handler ran inline; `None` once taken.
+    Ready(Option<Response>),
+    /// The handler runs as a job and leaves its response here.
+    Job(Arc<Mutex<Slot>>),
 }
 
 impl Future for PendingResponse {
@@ -195,23 +224,28 @@ impl Future for PendingResponse {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut slot = this.slot.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.response.take() {
-            Some(response) => {
-                let in_flight = this.in_flight.take();
-                Poll::Ready(Ok(response.map(|body| ResponseBody {
-                    body,
-                    _in_flight: in_flight,
-                })))
-            }
-            None => {
-                match &mut slot.waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    waker => *waker = Some(cx.waker().clone()),
+        let response = match &mut this.state {
+            Pending::Ready(response) => response.take(),
+            Pending::Job(slot) => {
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                let response = slot.response.take();
+                if response.is_none() {
+                    match &mut slot.waker {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        waker => *waker = Some(cx.waker().clone()),
+                    }
                 }
-                Poll::Pending
+                response
             }
-        }
+        };
+        let Some(response) = response else {
+            return Poll::Pending;
+        };
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|body| ResponseBody {
+            body,
+            _in_flight: in_flight,
+        })))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
@@ -69,6 +70,9 @@ pub(crate) struct Signal {
     next_id: AtomicU64,
     /// The task waker of every live connection, to wake them all at shutdown.
     connections: Mutex<HashMap<u64, Waker>>,
+    /// Every open connection socket, to close under a handler that outlives
+    /// the drain (its connection task cannot be polled until it returns).
+    sockets: Mutex<HashMap<u64, RawFd>>,
 }
 
 impl Signal {
@@ -83,6 +87,28 @@ impl Signal {
     pub(crate) fn force(&self) {
         self.forced.store(true, Ordering::SeqCst);
         self.wake_connections();
+        let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        for &fd in sockets.values() {
+            // SAFETY: shutdown(2) only changes the connection's state, and `fd`
+            // is open: a `TrackedSocket` removes its entry, under this lock,
+            // before its owner closes the descriptor, so the number cannot have
+            // been reused by another file meanwhile. The owner still closes it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    /// Records an open socket until the returned value is dropped, which must
+    /// happen before `fd` is closed.
+    pub(crate) fn track_socket(self: &Arc<Self>, fd: RawFd) -> TrackedSocket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, fd);
+        TrackedSocket {
+            signal: self.clone(),
+            id,
+        }
     }
 
     pub(crate) fn is_requested(&self) -> bool {
@@ -132,6 +158,23 @@ impl Signal {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             waker: None,
         }
+    }
+}
+
+/// An open socket that the shutdown timeout closes (see [`Signal::force`]).
+pub(crate) struct TrackedSocket {
+    signal: Arc<Signal>,
+    id: u64,
+}
+
+impl Drop for TrackedSocket {
+    fn drop(&mut self) {
+        let mut sockets = self
+            .signal
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        sockets.remove(&self.id);
     }
 }
 

@@ -109,10 +109,16 @@ fn shutdown_timeout_bounds_the_drain() {
         elapsed >= Duration::from_millis(450),
         "returned early: {elapsed:?}"
     );
-    // The unfinished request's connection was closed without a response.
+    // The unfinished request's connection was closed without a response, by
+    // the shutdown timeout, not when the handler eventually returned.
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     assert!(reply.is_empty(), "no response was due: {reply:?}");
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "the connection stayed open until the handler returned ({closed_after:?})"
+    );
 }
 
 #[test]

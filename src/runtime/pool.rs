@@ -605,6 +605,16 @@ pub(crate) fn poll_and_help<T>(poll: impl FnOnce() -> T) -> T {
     output
 }
 
+/// Whether the calling thread may run a handler (user code) right here: a
+/// worker, not already inside user code (a handler running its connection's
+/// task while it waits for its body). Never the reserve thread.
+pub(crate) fn may_run_handler_here() -> bool {
+    CONTEXT.with(|cell| {
+        cell.get()
+            .is_some_and(|cx| cx.role == Role::Worker && !cx.blocking.get())
+    })
+}
+
 /// Whether the calling thread is a pool's reserve thread, which must never run
 /// user code.
 pub(crate) fn on_reserve_thread() -> bool {

@@ -152,7 +152,11 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.entry.fired.load(Ordering::Acquire) || Instant::now() >= self.deadline {
+        // Once registered, only the timers decide (no clock read per poll: a
+        // connection polls its deadline on every wake-up).
+        let expired = self.entry.fired.load(Ordering::Acquire)
+            || (self.key.is_none() && Instant::now() >= self.deadline);
+        if expired {
             self.unregister();
             return Poll::Ready(());
         }
