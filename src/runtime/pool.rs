@@ -2,10 +2,12 @@
 //!
 //! Threads and their roles:
 //! - **Workers** (at most `max_workers`) run whatever is queued: connection tasks
-//!   (short, never block) and handler jobs (user code, may block). A worker with
-//!   nothing to run becomes the poller if nobody is, and parks otherwise. A job
-//!   spawned by a task goes to the worker's LIFO slot, so the same thread runs the
-//!   handler right after the task yields: the common request needs no hand-off.
+//!   (short, never block, except for a bodiless HTTP/1 request's handler, which
+//!   runs inside its connection's poll: see `may_run_handler_here`) and handler
+//!   jobs (user code, may block). A worker with nothing to run becomes the poller
+//!   if nobody is, and parks otherwise. A job spawned by a task goes to the
+//!   worker's LIFO slot, so the same thread runs the handler right after the
+//!   task yields: no request needs a hand-off in the common case.
 //! - **The reserve thread** never runs user code. It ticks every millisecond
 //!   while handlers run (and sleeps otherwise). When every worker is inside a
 //!   handler and a queued task has waited `STUCK_DELAY`, the handlers block: it
