@@ -491,9 +491,10 @@ impl Server {
         self
     }
 
-    /// The largest buffer used for one HTTP/1 connection's reads and writes: a
-    /// body arrives in chunks of at most this size. A request head that does
-    /// not fit is refused with `431 Request Header Fields Too Large` (see also
+    /// The size hyper's buffer for one HTTP/1 connection's reads and writes
+    /// grows to: it sets how much one read takes in, so request body chunks are
+    /// of about this size or smaller. A request head that does not fit is
+    /// refused with `431 Request Header Fields Too Large` (see also
     /// [`Server::http1_max_header_size`]).
     ///
     /// Default is 64 KiB, or `http1_max_header_size` if that is larger. (hyper
