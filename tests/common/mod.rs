@@ -639,3 +639,10 @@ pub fn check_pattern(offset: u64, chunk: &[u8]) {
         assert_eq!(*last, pattern(end), "byte at offset {end}");
     }
 }
+
+/// Asserts that `body` is the whole pattern from offset 0, byte for byte.
+pub fn assert_whole_pattern(body: &[u8]) {
+    if let Some(at) = (0..body.len()).find(|&i| body[i] != pattern(i as u64)) {
+        panic!("byte at offset {at} of {} is not the pattern's", body.len());
+    }
+}
