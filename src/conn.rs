@@ -221,17 +221,12 @@ impl Watch {
                 None => self.sleep = Some(self.protocols.timer.sleep_until(deadline)),
             }
             let sleep = self.sleep.as_mut().expect("armed above");
-            match Pin::new(sleep).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => {
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(Ended::Closed(phase.to_string()));
-                    }
-                    // Fired for an earlier deadline: re-arm for this one.
-                    let sleep = self.sleep.as_mut().expect("armed above");
-                    sleep.reset(deadline);
-                }
+            if Pin::new(sleep).poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            // Fired: the next turn closes the connection if this deadline has
+            // passed, or arms a timer for it (it fired for an earlier one).
+            self.sleep = None;
         }
     }
 }

@@ -179,6 +179,7 @@ fn runs_inline(request: &http::Request<hyper::body::Incoming>) -> bool {
     request.version() < http::Version::HTTP_2 && http_body::Body::is_end_stream(request.body())
 }
 
+/// Runs the handler, turning a panic into a 500 response.
 fn run_handler(service: &dyn SharedService, request: Request, info: ConnectionInfo) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();

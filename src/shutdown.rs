@@ -87,8 +87,7 @@ impl Signal {
     pub(crate) fn force(&self) {
         self.forced.store(true, Ordering::SeqCst);
         self.wake_connections();
-        let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
-        for &fd in sockets.values() {
+        for &fd in self.lock_sockets().values() {
             // SAFETY: shutdown(2) only changes the connection's state, and `fd`
             // is open: a `TrackedSocket` removes its entry, under this lock,
             // before its owner closes the descriptor, so the number cannot have
@@ -101,10 +100,7 @@ impl Signal {
     /// happen before `fd` is closed.
     pub(crate) fn track_socket(self: &Arc<Self>, fd: RawFd) -> TrackedSocket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, fd);
+        self.lock_sockets().insert(id, fd);
         TrackedSocket {
             signal: self.clone(),
             id,
@@ -150,6 +146,10 @@ impl Signal {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Counts a new connection; the guard uncounts it.
     pub(crate) fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
@@ -169,12 +169,7 @@ pub(crate) struct TrackedSocket {
 
 impl Drop for TrackedSocket {
     fn drop(&mut self) {
-        let mut sockets = self
-            .signal
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        sockets.remove(&self.id);
+        self.signal.lock_sockets().remove(&self.id);
     }
 }
 
