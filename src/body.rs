@@ -1,16 +1,17 @@
 //! Request and response bodies, and the blocking view over them.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, Read};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame, SizeHint};
 
-use crate::runtime::{park, pool};
+use crate::runtime::park;
+use crate::runtime::pool::{self, UserCall};
 
 /// An HTTP request from a client, with a streaming [`Body`].
 pub type Request = http::Request<Body>;
@@ -213,9 +214,12 @@ impl Iterator for Body {
         match &mut self.kind {
             Kind::Full(bytes) => bytes.take().map(Ok),
             Kind::Reader(ReaderState::Idle(reader)) => read_chunk(reader.as_mut()).transpose(),
-            Kind::Reader(ReaderState::Offloaded(_)) => Some(Err(io::Error::other(
+            Kind::Reader(ReaderState::Reading(_)) => Some(Err(io::Error::other(
                 "the body was being sent when it was iterated",
             ))),
+            Kind::Reader(ReaderState::Failed) => {
+                Some(Err(io::Error::other("response body reader panicked")))
+            }
             Kind::Incoming(incoming, timeout) => loop {
                 let next = std::future::poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx));
                 let Some(frame) = park::block_on_timeout(next, *timeout) else {
@@ -243,72 +247,48 @@ type BoxReader = Box<dyn Read + Send>;
 /// A reader body being sent.
 enum ReaderState {
     Idle(BoxReader),
-    /// A worker is reading the next chunk for us (see `poll_chunk`).
-    Offloaded(Arc<Mutex<Offload>>),
-}
-
-/// A chunk read on a worker for a body polled on the reserve thread.
-#[derive(Default)]
-struct Offload {
-    /// The reader handed back, and what it read.
-    done: Option<(BoxReader, io::Result<Option<Bytes>>)>,
-    waker: Option<Waker>,
+    /// Reading the next chunk: user code, run by the pool where it sees fit
+    /// (`Pool::call_user`); the reader comes back with the chunk.
+    Reading(UserCall<(BoxReader, io::Result<Option<Bytes>>)>),
+    /// The reader panicked and is gone.
+    Failed,
 }
 
 impl ReaderState {
-    /// Reads the next chunk. User code may block, and only workers may run
-    /// it: on the reserve thread (which keeps I/O going while every worker is
-    /// busy) the read is handed to a worker as a job instead.
+    /// Reads the next chunk.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        if let ReaderState::Offloaded(offload) = self {
-            let mut offload = offload.lock().unwrap_or_else(|e| e.into_inner());
-            let Some((reader, chunk)) = offload.done.take() else {
-                offload.waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            };
-            drop(offload);
-            *self = ReaderState::Idle(reader);
-            return Poll::Ready(chunk);
-        }
-        if !pool::on_reserve_thread() {
-            let ReaderState::Idle(reader) = self else {
-                unreachable!("handled above")
-            };
-            return Poll::Ready(pool::blocking_section(|| read_guarded(reader.as_mut())));
-        }
-        let ReaderState::Idle(mut reader) =
-            std::mem::replace(self, ReaderState::Offloaded(Arc::default()))
-        else {
-            unreachable!("handled above")
-        };
-        let ReaderState::Offloaded(offload) = self else {
-            unreachable!("just set")
-        };
-        offload.lock().unwrap_or_else(|e| e.into_inner()).waker = Some(cx.waker().clone());
-        let offload = offload.clone();
-        pool::spawn_job_from_reserve(Box::new(move || {
-            let chunk = pool::blocking_section(|| read_guarded(reader.as_mut()));
-            let waker = {
-                let mut offload = offload.lock().unwrap_or_else(|e| e.into_inner());
-                offload.done = Some((reader, chunk));
-                offload.waker.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
+        loop {
+            match self {
+                ReaderState::Idle(_) => {
+                    let ReaderState::Idle(mut reader) =
+                        std::mem::replace(self, ReaderState::Failed)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    *self = ReaderState::Reading(pool::call_user_here(move || {
+                        let chunk = read_chunk(reader.as_mut());
+                        (reader, chunk)
+                    }));
+                }
+                ReaderState::Reading(call) => {
+                    return match ready!(Pin::new(call).poll(cx)) {
+                        Ok((reader, chunk)) => {
+                            *self = ReaderState::Idle(reader);
+                            Poll::Ready(chunk)
+                        }
+                        Err(_panic) => {
+                            log::error!("a response body reader panicked; aborting the response");
+                            *self = ReaderState::Failed;
+                            Poll::Ready(Err(io::Error::other("response body reader panicked")))
+                        }
+                    };
+                }
+                ReaderState::Failed => {
+                    return Poll::Ready(Err(io::Error::other("response body reader panicked")))
+                }
             }
-        }));
-        Poll::Pending
+        }
     }
-}
-
-/// Reads one chunk; a panic inside the reader fails this body, not the thread.
-fn read_guarded(reader: &mut (dyn Read + Send)) -> io::Result<Option<Bytes>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_chunk(reader))).unwrap_or_else(
-        |_| {
-            log::error!("a response body reader panicked; aborting the response");
-            Err(io::Error::other("response body reader panicked"))
-        },
-    )
 }
 
 /// Reads one chunk from `reader`, `None` at its end.

@@ -2,19 +2,32 @@
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Under `--cfg astra_loom` only the runtime is built, for its models.
+#![cfg_attr(astra_loom, allow(dead_code, unused_imports))]
 
+#[cfg(not(astra_loom))]
 mod body;
+#[cfg(not(astra_loom))]
 mod conn;
-#[cfg(feature = "http2")]
+#[cfg(all(feature = "http2", not(astra_loom)))]
 mod detect;
+#[cfg(not(astra_loom))]
 mod net;
 mod runtime;
+#[cfg(not(astra_loom))]
 mod server;
+#[cfg(not(astra_loom))]
 mod service;
+#[cfg(not(astra_loom))]
 mod shutdown;
+#[cfg(not(astra_loom))]
 mod timeouts;
 
+#[cfg(not(astra_loom))]
 pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
+#[cfg(not(astra_loom))]
 pub use server::Server;
+#[cfg(not(astra_loom))]
 pub use service::{ConnectionInfo, Service};
+#[cfg(not(astra_loom))]
 pub use shutdown::ServerHandle;

@@ -2,15 +2,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
-use http::StatusCode;
+use http::{Method, StatusCode, Uri};
 
 use crate::body::{Body, Request, Response};
-use crate::runtime::pool::{self, Pool};
+use crate::runtime::pool::{Pool, UserCall};
 use crate::timeouts::{Activity, InFlight};
 
 /// Information about the connection a request arrived on.
@@ -111,8 +110,9 @@ impl<S: Service + Clone> SharedService for ByClone<S> {
     }
 }
 
-/// The service hyper sees for one connection: each request becomes a job on the
-/// pool, and hyper waits for its response without holding a thread.
+/// The service hyper sees for one connection: each request's handler is user
+/// code run by the pool (`Pool::call_user`), and hyper waits for its response
+/// without holding a thread.
 #[derive(Clone)]
 pub(crate) struct HyperService {
     pub(crate) service: Arc<dyn SharedService>,
@@ -130,94 +130,57 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
         let in_flight = Some(self.activity.request_started());
-        let body_read_timeout = self.body_read_timeout;
-        let inline = runs_inline(&request) && pool::may_run_handler_here();
-        let request = request.map(|incoming| Body::incoming(incoming, body_read_timeout));
-        if inline {
-            let info = self.info.clone();
-            let response = pool::blocking_section(|| run_handler(&*self.service, request, info));
-            return PendingResponse {
-                state: Pending::Ready(Some(response)),
-                in_flight,
-            };
-        }
-        let slot = Arc::new(Mutex::new(Slot::default()));
+        let may_inline = may_run_inline(&request);
+        let request = request.map(|incoming| Body::incoming(incoming, self.body_read_timeout));
+        let method = request.method().clone();
+        let uri = request.uri().clone();
         let service = self.service.clone();
         let info = self.info.clone();
-        let job_slot = slot.clone();
-        self.pool.spawn_handler(Box::new(move || {
-            // User code may block: the pool must not count on this thread
-            // (nor queue work behind it) until the handler returns.
-            let response = pool::blocking_section(|| run_handler(&*service, request, info));
-            let waker = {
-                let mut slot = job_slot.lock().unwrap_or_else(|e| e.into_inner());
-                slot.response = Some(response);
-                slot.waker.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }));
+        let call = self
+            .pool
+            .call_user(may_inline, move || service.call_shared(request, info));
         PendingResponse {
-            state: Pending::Job(slot),
+            call,
+            request: Some((method, uri)),
             in_flight,
         }
     }
 }
 
-/// Whether a request's handler may run inside its connection's poll, on the
-/// worker polling it, instead of as a job of its own: an HTTP/1 request with no
-/// body. Nothing then needs the connection task while the handler runs (no body
-/// to feed it; HTTP/1 serves one request at a time), and the request costs one
-/// poll of its connection instead of two plus a job. The worker is in user code
-/// for the pool either way (`blocking_section`), and it is the same thread the
-/// job would have run on next.
+/// Whether a request's handler may run inside its connection's poll (if the
+/// pool so chooses, see `Pool::call_user`): an HTTP/1 request with no body.
+/// Nothing then needs the connection task while the handler runs (no body to
+/// feed it; HTTP/1 serves one request at a time), and the request costs one
+/// poll of its connection instead of two plus a job.
 ///
 /// Never for HTTP/2: hyper calls the service from the connection's task, so a
 /// blocking handler there would stall every other stream of the connection.
-fn runs_inline(request: &http::Request<hyper::body::Incoming>) -> bool {
+fn may_run_inline(request: &http::Request<hyper::body::Incoming>) -> bool {
     request.version() < http::Version::HTTP_2 && http_body::Body::is_end_stream(request.body())
 }
 
-/// Runs the handler, turning a panic into a 500 response.
-fn run_handler(service: &dyn SharedService, request: Request, info: ConnectionInfo) -> Response {
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    match catch_unwind(AssertUnwindSafe(|| service.call_shared(request, info))) {
-        Ok(response) => response,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("non-string panic payload");
-            log::error!("handler panicked on {method} {uri}: {message}; answering 500");
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            response
-        }
-    }
-}
-
-#[derive(Default)]
-struct Slot {
-    response: Option<Response>,
-    waker: Option<Waker>,
+/// The response a panicking handler gets: a 500, and a log line naming the
+/// request.
+fn panic_response(panic: &(dyn std::any::Any + Send), method: &Method, uri: &Uri) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload");
+    log::error!("handler panicked on {method} {uri}: {message}; answering 500");
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
 }
 
 /// Resolves when the handler has produced the response.
 pub(crate) struct PendingResponse {
-    state: Pending,
+    call: UserCall<Response>,
+    /// The request's method and URI, to name it if the handler panics.
+    request: Option<(Method, Uri)>,
     /// Moves into the response body; dropped with this future if the request
     /// is abandoned (the client reset the stream).
     in_flight: Option<InFlight>,
-}
-
-enum Pending {
-    /// The handler ran inline; `None` once taken.
-    Ready(Option<Response>),
-    /// The handler runs as a job and leaves its response here.
-    Job(Arc<Mutex<Slot>>),
 }
 
 impl Future for PendingResponse {
@@ -225,22 +188,12 @@ impl Future for PendingResponse {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let response = match &mut this.state {
-            Pending::Ready(response) => response.take(),
-            Pending::Job(slot) => {
-                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-                let response = slot.response.take();
-                if response.is_none() {
-                    match &mut slot.waker {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        waker => *waker = Some(cx.waker().clone()),
-                    }
-                }
-                response
+        let response = match ready!(Pin::new(&mut this.call).poll(cx)) {
+            Ok(response) => response,
+            Err(panic) => {
+                let (method, uri) = this.request.take().unwrap_or_default();
+                panic_response(&*panic, &method, &uri)
             }
-        };
-        let Some(response) = response else {
-            return Poll::Pending;
         };
         let in_flight = this.in_flight.take();
         Poll::Ready(Ok(response.map(|body| ResponseBody {

@@ -1,9 +1,16 @@
-//! The runtime under the server: a reactor polled by whichever pool thread is
-//! free, and the pool that runs connection tasks and handler jobs.
+//! The runtime under the server: a reactor polled by whichever thread is free,
+//! and the pool that runs connection tasks and user code.
 
+#[cfg(all(test, astra_loom))]
+mod models;
 pub(crate) mod park;
 pub(crate) mod pool;
+#[cfg(not(astra_loom))]
 pub(crate) mod reactor;
+#[cfg(astra_loom)]
+#[path = "reactor_model.rs"]
+pub(crate) mod reactor;
+pub(crate) mod sync;
 mod task;
 pub(crate) mod timer;
 

@@ -1,42 +1,125 @@
-//! Blocking on one future from a plain thread (a handler reading its body).
+//! Putting a thread to sleep until something wakes it, and blocking on a
+//! future from any thread.
+//!
+//! One [`Parker`] serves every way a thread of ours waits: an idle worker
+//! waiting for work, a handler waiting for its request body, a user's own
+//! thread blocked on a future. Wake-ups are never lost: an `unpark` before
+//! the `park` makes the `park` return at once. A thread that waits by polling
+//! the reactor (see [`Parker::start_polling`]) is woken out of that poll.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use super::pool;
+use super::pool::{self, Pool};
+use super::sync::{self, Arc, Condvar, Mutex};
 
-/// Wakes the thread that is blocked in [`block_on`].
-struct ThreadWaker {
-    thread: Thread,
-    /// Set by `wake`, consumed by the blocked thread; guards against spurious
-    /// unparks being mistaken for progress, and wake-ups lost between the poll and
-    /// the park (an unpark before park makes the park return at once).
-    woken: AtomicBool,
+/// Wakes one waiting thread; see the module docs.
+pub(crate) struct Parker {
+    state: Mutex<ParkState>,
+    condvar: Condvar,
 }
 
-impl Wake for ThreadWaker {
+#[derive(Default)]
+struct ParkState {
+    /// Unparked, and not yet seen by the thread.
+    notified: bool,
+    /// The thread waits in `park` (an unpark must signal the condvar).
+    waiting: bool,
+    /// The thread waits in this pool's reactor instead (an unpark must
+    /// interrupt the poll).
+    polling: Option<Pool>,
+}
+
+impl Parker {
+    pub(crate) fn new() -> Arc<Parker> {
+        Arc::new(Parker {
+            state: Mutex::new(ParkState::default()),
+            condvar: Condvar::new(),
+        })
+    }
+
+    /// Waits until unparked or until `deadline` (`None`: no limit). Returns
+    /// whether it was unparked, and consumes that.
+    pub(crate) fn park(&self, deadline: Option<Instant>) -> bool {
+        let mut state = sync::lock(&self.state);
+        loop {
+            if state.notified {
+                state.notified = false;
+                return true;
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return false,
+                },
+            };
+            state.waiting = true;
+            state = sync::wait(&self.condvar, state, timeout);
+            state.waiting = false;
+        }
+    }
+
+    /// Consumes an unpark that already happened, without waiting.
+    pub(crate) fn take(&self) -> bool {
+        std::mem::take(&mut sync::lock(&self.state).notified)
+    }
+
+    /// Whether an unpark is pending (not consumed).
+    pub(crate) fn is_notified(&self) -> bool {
+        sync::lock(&self.state).notified
+    }
+
+    /// Wakes the thread, or makes its next `park` return at once.
+    pub(crate) fn unpark(&self) {
+        let mut state = sync::lock(&self.state);
+        if state.notified {
+            return;
+        }
+        state.notified = true;
+        if let Some(pool) = &state.polling {
+            pool.reactor().wake_driver();
+        } else if state.waiting {
+            drop(state);
+            self.condvar.notify_one();
+        }
+    }
+
+    /// Announces that this thread is about to wait in `pool`'s reactor, so an
+    /// unpark interrupts that wait. Returns false (and announces nothing) if
+    /// an unpark is already pending: the thread should not wait at all.
+    pub(crate) fn start_polling(&self, pool: &Pool) -> bool {
+        let mut state = sync::lock(&self.state);
+        if state.notified {
+            return false;
+        }
+        state.polling = Some(pool.clone());
+        true
+    }
+
+    /// Ends what [`Parker::start_polling`] started.
+    pub(crate) fn stop_polling(&self) {
+        sync::lock(&self.state).polling = None;
+    }
+}
+
+impl Wake for Parker {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        self.unpark();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.woken.swap(true, Ordering::Release) {
-            self.thread.unpark();
-        }
+        self.unpark();
     }
 }
 
-/// Polls `future` on the current thread until it completes, parking the thread
-/// while it is pending. The future's wake-ups come from other threads (the pool
-/// polling the connection that feeds a request body).
-///
-/// While parked, the pool counts this thread as busy, so other workers keep the
-/// connection moving; see [`super::pool::blocking_section`].
+/// Polls `future` on the current thread until it completes, waiting between
+/// polls. The future's wake-ups come from other threads, or from the work this
+/// thread does meanwhile: on a pool worker (a handler reading its body) the
+/// wait runs connection tasks and polls the reactor when no other worker can,
+/// so a body always arrives, even with every worker inside a handler.
 #[cfg(test)]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     match block_on_timeout(future, None) {
@@ -53,40 +136,26 @@ pub(crate) fn block_on_timeout<F: Future>(
 ) -> Option<F::Output> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut future = pin!(future);
-    let waker_state = Arc::new(ThreadWaker {
-        thread: thread::current(),
-        woken: AtomicBool::new(false),
-    });
-    let waker = Waker::from(waker_state.clone());
+    let parker = Parker::new();
+    let waker = Waker::from(parker.clone());
     let mut cx = Context::from_waker(&waker);
-    // Fast path: often the data is already there, or the connection task this
-    // poll wakes can fetch it at once on this thread.
-    if let Poll::Ready(output) = pool::poll_and_help(|| future.as_mut().poll(&mut cx)) {
-        return Some(output);
-    }
-    pool::blocking_section(|| loop {
-        while !waker_state.woken.swap(false, Ordering::Acquire) {
-            match deadline {
-                None => thread::park(),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return None;
-                    }
-                    thread::park_timeout(deadline - now);
-                }
-            }
-        }
+    loop {
+        // Tasks this poll wakes (the connection feeding a body) run here, at
+        // once, instead of waking another thread and sleeping until it has.
         if let Poll::Ready(output) = pool::poll_and_help(|| future.as_mut().poll(&mut cx)) {
             return Some(output);
         }
-    })
+        if !pool::wait_for_wake(&parker, deadline) {
+            return None;
+        }
+    }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(astra_loom)))]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::thread;
     use std::time::Duration;
 
     /// A future that completes once another thread has set its value.
@@ -137,5 +206,16 @@ mod tests {
         let result = block_on_timeout(Handoff { state }, Some(Duration::from_millis(50)));
         assert_eq!(result, None);
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn unpark_before_park_is_not_lost() {
+        let parker = Parker::new();
+        parker.unpark();
+        assert!(parker.park(Some(Instant::now() + Duration::from_secs(5))));
+        // Consumed: the next park waits for its deadline.
+        let started = Instant::now();
+        assert!(!parker.park(Some(started + Duration::from_millis(20))));
+        assert!(started.elapsed() >= Duration::from_millis(20));
     }
 }

@@ -1,60 +1,53 @@
-//! The worker pool: runs connection tasks and handler jobs, and drives the reactor.
+//! The worker pool: runs connection tasks and user code, and drives the reactor.
 //!
-//! Threads and their roles:
-//! - **Workers** (at most `max_workers`) run whatever is queued: connection tasks
-//!   (short, never block, except for a bodiless HTTP/1 request's handler, which
-//!   runs inside its connection's poll: see `may_run_handler_here`) and handler
-//!   jobs (user code, may block). A worker with nothing to run becomes the poller
-//!   if nobody is, and parks otherwise. A job spawned by a task goes to the
-//!   worker's LIFO slot, so the same thread runs the handler right after the
-//!   task yields: no request needs a hand-off in the common case.
-//! - **The reserve thread** never runs user code. It ticks every millisecond
-//!   while handlers run (and sleeps otherwise). When every worker is inside a
-//!   handler and a queued task has waited `STUCK_DELAY`, the handlers block: it
-//!   polls the reactor and runs connection tasks itself until a worker is free,
-//!   so request bodies keep flowing to the handlers that wait for them (no
-//!   deadlock even at `max_workers`); when a queued job has waited
-//!   `SPAWN_DELAY`, it adds workers. Handlers that return quickly never see it,
-//!   so a busy server pays no hand-offs for it.
+//! Every thread here is a worker; there is no reactor thread and no timer
+//! thread. A worker runs what is queued (connection tasks, which never block,
+//! and jobs, which run user code), and with nothing queued it polls the reactor
+//! if nobody does, or parks. A job spawned by a task goes to the worker's LIFO
+//! slot, so the same thread runs it right after the task yields.
+//!
+//! Liveness rests on one rule, applied at the moment things change and never
+//! on a clock: **while any worker is inside user code, some other thread can
+//! take the I/O role.** A worker counts as inside user code from
+//! [`user_section`]'s start to its end (a handler, a response-body read);
+//! entering it while no other worker is free and awake hands the role on at
+//! once: to a parked worker, else to a new one (started outside the lock), else,
+//! at `max_workers`, to a handler that is waiting for its request body, which
+//! runs connection tasks and polls the reactor while it waits (see
+//! [`wait_for_wake`]). So the pool grows only because handlers are inside user
+//! code, up to `max_workers`; a server with nothing ready has one worker asleep
+//! in `epoll_wait` and nothing else awake.
+//!
+//! All locks and atomics come from `super::sync`, so the protocol runs under
+//! loom (`--cfg astra_loom`); the models are in `super::models`.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::park::Parker;
 use super::reactor::Reactor;
+use super::sync::{self, thread, Arc, Condvar, Mutex, MutexGuard};
 use super::task::Task;
 
-/// A unit of blocking work: a handler call and the delivery of its response.
+/// A unit of work that runs user code (a handler call, a body read).
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// How often the reserve thread looks for a stalled reactor while handlers run.
-const RESERVE_TICK: Duration = Duration::from_millis(1);
 /// How many runs in a row may come from a worker's LIFO slot before the shared
 /// queue gets a turn: the slot saves a hand-off, but must not starve others.
 const LIFO_BUDGET: u32 = 8;
-
-/// How long a task may wait, with every worker inside a handler, before the
-/// reserve thread runs it (and keeps running tasks and polling until a worker
-/// is free again).
-const STUCK_DELAY: Duration = Duration::from_millis(1);
-/// How long a job may wait, with every worker inside a handler, before the
-/// reserve adds workers. Longer: on a busy machine a worker inside a short
-/// handler can be preempted for a millisecond, and a thread is dearer than a
-/// hand-off.
-const SPAWN_DELAY: Duration = Duration::from_millis(10);
-/// Quiet ticks (no handler running) before the reserve thread stops ticking.
-const RESERVE_LINGER_TICKS: u32 = 100;
 
 /// Pool settings.
 #[derive(Clone, Debug)]
 pub(crate) struct PoolConfig {
     pub(crate) max_workers: usize,
-    pub(crate) keep_alive: Duration,
+    /// How long a parked worker waits for work before it exits; `None`: for
+    /// ever. One worker always stays.
+    pub(crate) keep_alive: Option<Duration>,
 }
 
 /// A handle to the pool; cheap to clone.
@@ -65,33 +58,51 @@ struct Shared {
     reactor: Reactor,
     config: PoolConfig,
     state: Mutex<State>,
-    /// Parked workers wait here.
-    worker_cv: Condvar,
-    /// The reserve thread waits here.
-    reserve_cv: Condvar,
-    /// Workers currently inside user code (`blocking_section`).
-    in_blocking: AtomicUsize,
-    /// Set while the reserve thread sleeps without ticking.
-    reserve_parked: AtomicBool,
-    /// Set while the reserve thread waits in `poll` because every worker is
-    /// inside user code; cleared (and the poll interrupted) when that changes.
-    reserve_polling: AtomicBool,
+    /// Signalled whenever a worker exits (`Pool::shutdown` waits on it).
+    exited: Condvar,
 }
 
 struct State {
-    /// Queued work, each with when it was queued: the reserve thread steps in
-    /// for work that has waited too long.
-    tasks: VecDeque<(Instant, Arc<Task>)>,
-    jobs: VecDeque<(Instant, Job)>,
-    /// Live worker threads.
+    tasks: VecDeque<Arc<Task>>,
+    jobs: VecDeque<Job>,
+    /// Live workers, counting those being started.
     workers: usize,
-    /// Parked workers not yet notified.
-    parked: usize,
-    /// Notifications sent to parked workers and not yet consumed.
-    wakeups: usize,
-    /// A worker is (about to be) blocked in `poll` and must be woken for new work.
-    polling: bool,
+    /// Workers inside user code.
+    in_user: usize,
+    /// Parked workers, the most recently parked last (woken first: its cache
+    /// is warm).
+    idle: Vec<Arc<Parker>>,
+    /// Parked threads that wait for a future inside user code (or outside the
+    /// pool) and can poll the reactor (and, pool workers, run tasks) for the
+    /// pool when no worker can.
+    helpers: Vec<Arc<Parker>>,
+    polling: Polling,
     shutdown: bool,
+}
+
+/// Who is (about to be) blocked in the reactor's poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Polling {
+    No,
+    /// A free worker: new work wakes it out of the poll.
+    Worker,
+    /// A thread waiting inside user code or outside the pool (`wait_for_wake`).
+    Helper,
+    /// Whoever polls has been told to come back, and is on its way.
+    Interrupted,
+}
+
+impl State {
+    /// Workers that are neither inside user code nor parked: running tasks,
+    /// polling, or just woken.
+    fn free_awake(&self) -> usize {
+        debug_assert!(self.in_user + self.idle.len() <= self.workers);
+        self.workers - self.in_user - self.idle.len()
+    }
+
+    fn queued(&self) -> bool {
+        !self.tasks.is_empty() || !self.jobs.is_empty()
+    }
 }
 
 enum Runnable {
@@ -99,61 +110,53 @@ enum Runnable {
     Job(Job),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Worker,
-    Reserve,
-}
-
-/// What a pool thread knows about itself.
+/// What a pool worker knows about itself.
 struct Context {
     shared: Arc<Shared>,
-    role: Role,
-    /// Inside user code: new work must go to the shared queues, not to this
-    /// thread, which may block for a long time.
-    blocking: Cell<bool>,
+    /// Inside user code: work must not be queued behind this thread (it may
+    /// block for a long time), and user code must not nest.
+    in_user: Cell<bool>,
     lifo: RefCell<Option<Runnable>>,
-    /// While this worker dispatches reactor events: the tasks they woke,
-    /// queued together afterwards with at most one wake-up.
+    /// While this thread dispatches reactor events or polls a body: the work
+    /// that woke, queued together afterwards (or run here).
     batch: RefCell<Option<Vec<Runnable>>>,
     /// Set while a task is being polled.
     in_task: Cell<bool>,
 }
 
+#[cfg(not(astra_loom))]
 thread_local! {
-    static CONTEXT: OnceCell<Context> = const { OnceCell::new() };
+    static CONTEXT: std::cell::OnceCell<Context> = const { std::cell::OnceCell::new() };
+}
+#[cfg(astra_loom)]
+loom::thread_local! {
+    static CONTEXT: std::cell::OnceCell<Context> = std::cell::OnceCell::new();
+}
+
+/// Runs `f` with this thread's worker context, if it is a worker.
+fn with_context<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
+    CONTEXT.with(|cell| f(cell.get()))
 }
 
 impl Pool {
-    /// Starts the pool: one worker (which becomes the poller) and the reserve thread.
-    pub(crate) fn start(reactor: Reactor, config: PoolConfig) -> std::io::Result<Pool> {
-        let shared = Arc::new(Shared {
+    /// Creates the pool. No thread starts until there is work: the first
+    /// queued task starts a worker.
+    pub(crate) fn new(reactor: Reactor, config: PoolConfig) -> Pool {
+        Pool(Arc::new(Shared {
             reactor,
             config,
             state: Mutex::new(State {
                 tasks: VecDeque::new(),
                 jobs: VecDeque::new(),
-                workers: 1,
-                parked: 0,
-                wakeups: 0,
-                polling: false,
+                workers: 0,
+                in_user: 0,
+                idle: Vec::new(),
+                helpers: Vec::new(),
+                polling: Polling::No,
                 shutdown: false,
             }),
-            worker_cv: Condvar::new(),
-            reserve_cv: Condvar::new(),
-            in_blocking: AtomicUsize::new(0),
-            reserve_parked: AtomicBool::new(false),
-            reserve_polling: AtomicBool::new(false),
-        });
-        let reserve = shared.clone();
-        thread::Builder::new()
-            .name("astra-reserve".into())
-            .spawn(move || reserve_main(reserve))?;
-        let worker = shared.clone();
-        thread::Builder::new()
-            .name("astra-worker".into())
-            .spawn(move || worker_main(worker))?;
-        Ok(Pool(shared))
+            exited: Condvar::new(),
+        }))
     }
 
     pub(crate) fn reactor(&self) -> &Reactor {
@@ -169,7 +172,8 @@ impl Pool {
     }
 
     /// Queues a woken task: in this worker's LIFO slot when called from a worker
-    /// that is not inside user code, otherwise on the shared queue.
+    /// that is not inside user code nor polling a task, otherwise on the shared
+    /// queue.
     pub(crate) fn push_task(&self, task: Arc<Task>) {
         self.push_local_or_global(Runnable::Task(task), false);
     }
@@ -179,19 +183,83 @@ impl Pool {
         self.push_global(Runnable::Task(task));
     }
 
-    /// Queues a handler job, preferring the current worker's LIFO slot.
-    pub(crate) fn spawn_handler(&self, job: Job) {
+    /// Runs user code `f` and resolves to its result, or to the panic it
+    /// raised. This is the one way user code runs in the pool.
+    ///
+    /// Where it runs is the pool's choice. With `may_inline` (nothing needs
+    /// the calling task while `f` runs), on a worker not already inside user
+    /// code, it runs right here and the future is ready at once: no queue, no
+    /// second poll. Otherwise it is a job, in this worker's LIFO slot if it
+    /// can take one (run as soon as the calling task yields), else on the
+    /// shared queue. Either way the thread that runs `f` is inside user code
+    /// meanwhile (see the module docs).
+    pub(crate) fn call_user<T, F>(&self, may_inline: bool, f: F) -> UserCall<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let inline = may_inline
+            && with_context(|cx| {
+                cx.is_some_and(|cx| Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get())
+            });
+        if inline {
+            return UserCall::Ready(Some(user_section(|| catch_unwind(AssertUnwindSafe(f)))));
+        }
+        let slot: Arc<Mutex<CallSlot<T>>> = Arc::new(Mutex::new(CallSlot::default()));
+        let job_slot = slot.clone();
+        let job = Box::new(move || {
+            let output = user_section(|| catch_unwind(AssertUnwindSafe(f)));
+            let waker = {
+                let mut slot = sync::lock(&job_slot);
+                slot.output = Some(output);
+                slot.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
         self.push_local_or_global(Runnable::Job(job), true);
+        UserCall::Queued(slot)
     }
 
-    /// Stops the pool's threads once they have nothing left to do.
-    pub(crate) fn shutdown(&self) {
-        let mut state = self.0.lock();
+    /// Blocks the calling thread, which is not a pool worker, until `future`
+    /// completes. While no worker can, the thread polls the reactor itself, so
+    /// the future's I/O makes progress even in a pool with no worker at all;
+    /// otherwise it sleeps until the future's waker fires. Nothing wakes it
+    /// periodically.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let parker = Parker::new();
+        let waker = Waker::from(parker.clone());
+        let mut cx = TaskContext::from_waker(&waker);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            self.0.wait_once(&parker, None, false);
+        }
+    }
+
+    /// Stops the pool's threads once they have nothing left to do, and waits
+    /// up to `wait` for them to exit. Returns how many are still running (in
+    /// user code that has not returned).
+    pub(crate) fn shutdown(&self, wait: Duration) -> usize {
+        let shared = &self.0;
+        let mut state = shared.lock();
         state.shutdown = true;
-        drop(state);
-        self.0.worker_cv.notify_all();
-        self.0.reserve_cv.notify_all();
-        self.0.reactor.wake_driver();
+        for parker in state.idle.drain(..) {
+            parker.unpark();
+        }
+        shared.reactor.wake_driver();
+        let deadline = Instant::now() + wait;
+        while state.workers > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            state = sync::wait(&shared.exited, state, Some(left));
+        }
+        state.workers
     }
 
     /// Queues work in the current worker's LIFO slot (run next) when it can
@@ -200,15 +268,15 @@ impl Pool {
     /// then all finish before their connection task runs again and writes their
     /// responses in one go (one `writev` for a whole batch, not one each).
     fn push_local_or_global(&self, runnable: Runnable, always_lifo: bool) {
-        let displaced = CONTEXT.with(|cell| match cell.get() {
-            Some(cx) if cx.role == Role::Worker && Arc::ptr_eq(&cx.shared, &self.0) => {
+        let displaced = with_context(|cx| match cx {
+            Some(cx) if Arc::ptr_eq(&cx.shared, &self.0) => {
                 // Captured by a reactor turn or by a handler about to wait
                 // (`poll_and_help`), even inside user code.
                 if let Some(batch) = cx.batch.borrow_mut().as_mut() {
                     batch.push(runnable);
                     return None;
                 }
-                if cx.blocking.get() || (cx.in_task.get() && !always_lifo) {
+                if cx.in_user.get() || (cx.in_task.get() && !always_lifo) {
                     return Some(runnable);
                 }
                 cx.lifo.borrow_mut().replace(runnable)
@@ -235,8 +303,10 @@ impl Pool {
             let is_task = state.enqueue(runnable);
             any = Some(any.unwrap_or(false) || is_task);
         }
-        if let Some(is_task) = any {
-            shared.find_runner(&mut state, is_task);
+        let start = any.is_some_and(|is_task| shared.find_runner(&mut state, is_task));
+        drop(state);
+        if start {
+            shared.start_worker();
         }
     }
 
@@ -244,111 +314,262 @@ impl Pool {
         let shared = &self.0;
         let mut state = shared.lock();
         let is_task = state.enqueue(runnable);
-        shared.find_runner(&mut state, is_task);
+        let start = shared.find_runner(&mut state, is_task);
+        drop(state);
+        if start {
+            shared.start_worker();
+        }
+    }
+
+    #[cfg(test)]
+    fn snapshot(&self) -> (usize, usize, usize) {
+        let state = self.0.lock();
+        (state.workers, state.in_user, state.idle.len())
     }
 }
 
 impl State {
-    /// Appends to the matching queue, stamped with the time; returns whether it
-    /// was a task.
+    /// Appends to the matching queue; returns whether it was a task.
     fn enqueue(&mut self, runnable: Runnable) -> bool {
         match runnable {
-            Runnable::Task(task) => self.tasks.push_back((Instant::now(), task)),
+            Runnable::Task(task) => {
+                self.tasks.push_back(task);
+                true
+            }
             Runnable::Job(job) => {
-                self.jobs.push_back((Instant::now(), job));
-                return false;
+                self.jobs.push_back(job);
+                false
             }
         }
-        true
+    }
+
+    /// Takes queued work: a task or a job, whichever `prefer_jobs` says first.
+    fn pop(&mut self, prefer_jobs: bool) -> Option<Runnable> {
+        if prefer_jobs {
+            if let Some(job) = self.jobs.pop_front() {
+                return Some(Runnable::Job(job));
+            }
+        }
+        if let Some(task) = self.tasks.pop_front() {
+            return Some(Runnable::Task(task));
+        }
+        self.jobs.pop_front().map(Runnable::Job)
     }
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 
-    /// Workers that are not inside user code.
-    fn available(&self, state: &State) -> usize {
-        state
-            .workers
-            .saturating_sub(self.in_blocking.load(Ordering::SeqCst))
-    }
-
-    /// Makes sure some thread will pick up newly queued work, cheapest way first:
-    /// a parked worker, the worker blocked in `poll`, a worker that is busy but
-    /// will come back; with every worker inside a handler, the reserve thread
-    /// (tasks only, see `reserve_main`).
-    fn find_runner(&self, state: &mut State, is_task: bool) {
-        if self.unpark_one(state) {
-            return;
-        }
-        if state.polling {
-            state.polling = false;
-            self.reactor.wake_driver();
-            return;
-        }
-        if self.available(state) > 0 {
-            // A worker is running a task and returns to the queue afterwards.
-            return;
-        }
-        if is_task {
-            // If the reserve already polls for stuck workers, it runs the task;
-            // otherwise its next tick notices if the handlers block (most return
-            // sooner than a wake-up would take).
-            self.interrupt_reserve_poll();
-        }
-        // A job waits for a worker to return; if none has within `SPAWN_DELAY`,
-        // the reserve adds workers. Most handlers return sooner than a thread
-        // starts, so the pool grows only for handlers that really block.
-    }
-
-    /// Wakes one parked worker, if any; returns whether one was.
-    fn unpark_one(&self, state: &mut State) -> bool {
-        if state.parked == 0 {
+    /// Work was just queued: makes sure some thread will run it, cheapest way
+    /// first. Returns true if the caller must start a worker (after unlocking).
+    fn find_runner(&self, state: &mut State, is_task: bool) -> bool {
+        if let Some(parker) = state.idle.pop() {
+            parker.unpark();
             return false;
         }
-        state.parked -= 1;
-        state.wakeups += 1;
-        self.worker_cv.notify_one();
-        true
-    }
-
-    /// Makes the reserve thread return from `poll` if it is blocked there.
-    fn interrupt_reserve_poll(&self) {
-        if self.reserve_polling.swap(false, Ordering::SeqCst) {
+        if state.polling == Polling::Worker {
+            state.polling = Polling::Interrupted;
             self.reactor.wake_driver();
+            return false;
         }
+        if state.free_awake() > 0 {
+            // A worker is running a task and returns to the queue afterwards.
+            return false;
+        }
+        self.grow(state, is_task)
     }
 
-    fn spawn_worker(self: &Arc<Self>, state: &mut State) {
-        state.workers += 1;
+    /// The current worker has just entered user code (or a helper goes back
+    /// to it): if no other worker is free and awake, the I/O role and the
+    /// queued work pass on at once. Returns true if the caller must start a
+    /// worker (after unlocking).
+    fn hand_off(&self, state: &mut State) -> bool {
+        if state.free_awake() > 0 || state.shutdown {
+            return false;
+        }
+        if let Some(parker) = state.idle.pop() {
+            parker.unpark();
+            return false;
+        }
+        if state.polling != Polling::No && !state.queued() {
+            // A helper polls, and there is nothing else to do.
+            return false;
+        }
+        self.grow(state, true)
+    }
+
+    /// No worker is free and awake: count in a new one (the caller starts it)
+    /// or, at `max_workers`, wake a helper for a task.
+    fn grow(&self, state: &mut State, is_task: bool) -> bool {
+        if state.workers < self.config.max_workers {
+            state.workers += 1;
+            return true;
+        }
+        if is_task {
+            if state.polling == Polling::Helper {
+                state.polling = Polling::Interrupted;
+                self.reactor.wake_driver();
+            } else if let Some(parker) = state.helpers.pop() {
+                parker.unpark();
+            }
+        }
+        false
+    }
+
+    /// Starts a worker already counted in `workers` (by `grow`).
+    fn start_worker(self: &Arc<Self>) {
         let shared = self.clone();
         let spawned = thread::Builder::new()
             .name("astra-worker".into())
             .spawn(move || worker_main(shared));
         if let Err(err) = spawned {
-            state.workers -= 1;
             log::error!("could not start a worker thread: {err}");
+            let mut state = self.lock();
+            state.workers -= 1;
+            self.exited.notify_all();
         }
     }
 
-    /// Takes queued work: a task or a job, whichever `prefer_jobs` says first;
-    /// tasks only for the reserve thread (`jobs_too` false).
-    fn pop(&self, state: &mut State, jobs_too: bool, prefer_jobs: bool) -> Option<Runnable> {
-        let job_first = jobs_too && prefer_jobs;
-        let runnable = if job_first && !state.jobs.is_empty() {
-            Runnable::Job(state.jobs.pop_front()?.1)
-        } else if let Some((_, task)) = state.tasks.pop_front() {
-            Runnable::Task(task)
-        } else if jobs_too && !state.jobs.is_empty() {
-            Runnable::Job(state.jobs.pop_front()?.1)
-        } else {
-            return None;
-        };
-        Some(runnable)
+    /// Counts the current worker into user code, handing its roles on.
+    fn enter_user(self: &Arc<Self>) {
+        let mut state = self.lock();
+        state.in_user += 1;
+        let start = self.hand_off(&mut state);
+        drop(state);
+        if start {
+            self.start_worker();
+        }
+    }
+
+    fn exit_user(&self) {
+        self.lock().in_user -= 1;
+    }
+
+    /// One step of waiting for `parker` to be unparked (or `deadline`), for a
+    /// thread that waits inside user code (a worker, `runs_tasks`) or outside
+    /// the pool. If no worker is free to do it, the thread does the pool's
+    /// work meanwhile: runs one queued task (workers only), or polls the
+    /// reactor until its own wake-up or an event. Otherwise it parks, listed
+    /// as a helper that `grow` can wake. Returns false once `deadline` has
+    /// passed; true means "poll your future again".
+    fn wait_once(
+        self: &Arc<Self>,
+        parker: &Arc<Parker>,
+        deadline: Option<Instant>,
+        runs_tasks: bool,
+    ) -> bool {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // One last poll if a wake-up came in at the very end.
+            return parker.take();
+        }
+        let mut state = self.lock();
+        let nobody_else = state.free_awake() == 0;
+        if nobody_else && runs_tasks {
+            if let Some(task) = state.tasks.pop_front() {
+                drop(state);
+                run(Runnable::Task(task));
+                return true;
+            }
+        }
+        if nobody_else && state.polling == Polling::No {
+            if let Some(mut driver) = self.reactor.try_driver() {
+                let pool = Pool(self.clone());
+                if !parker.start_polling(&pool) {
+                    return true;
+                }
+                state.polling = Polling::Helper;
+                drop(state);
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if runs_tasks {
+                    set_batch(Some(Vec::new()));
+                }
+                self.reactor.turn(&mut driver, timeout, || {
+                    parker.stop_polling();
+                    self.lock().polling = Polling::No;
+                });
+                drop(driver);
+                if let Some(woken) = set_batch(None) {
+                    run_tasks_queue_jobs(&pool, woken);
+                }
+                if parker.is_notified() {
+                    // Going back to user code (or out of the pool): the I/O
+                    // role must not leave with this thread.
+                    let mut state = self.lock();
+                    let start = self.hand_off(&mut state);
+                    drop(state);
+                    if start {
+                        self.start_worker();
+                    }
+                }
+                return true;
+            }
+        }
+        state.helpers.push(parker.clone());
+        drop(state);
+        let woken = parker.park(deadline);
+        let mut state = self.lock();
+        if let Some(at) = state.helpers.iter().position(|p| Arc::ptr_eq(p, parker)) {
+            state.helpers.swap_remove(at);
+        }
+        drop(state);
+        // Woken by the future's waker or by the pool (a helper wanted): the
+        // caller polls its future again and, if it is still pending, comes
+        // back here, where the pool's work is looked at before any sleep.
+        woken || deadline.is_none_or(|d| Instant::now() < d)
     }
 }
+
+/// What `Pool::call_user` resolves to: the user code's result, or its panic.
+pub(crate) enum UserCall<T> {
+    /// Ran inline; `None` once taken.
+    Ready(Option<std::thread::Result<T>>),
+    /// Runs as a job and leaves its result here.
+    Queued(Arc<Mutex<CallSlot<T>>>),
+}
+
+pub(crate) struct CallSlot<T> {
+    output: Option<std::thread::Result<T>>,
+    waker: Option<Waker>,
+}
+
+impl<T> Default for CallSlot<T> {
+    fn default() -> Self {
+        CallSlot {
+            output: None,
+            waker: None,
+        }
+    }
+}
+
+impl<T> Future for UserCall<T> {
+    type Output = std::thread::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        // Neither variant is structurally pinned.
+        let this = Pin::into_inner(self);
+        match this {
+            UserCall::Ready(output) => match output.take() {
+                Some(output) => Poll::Ready(output),
+                None => Poll::Pending,
+            },
+            UserCall::Queued(slot) => {
+                let mut slot = sync::lock(slot);
+                if let Some(output) = slot.output.take() {
+                    return Poll::Ready(output);
+                }
+                match &mut slot.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    waker => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Unpin for UserCall<T> {}
 
 fn run(runnable: Runnable) {
     match runnable {
@@ -358,19 +579,32 @@ fn run(runnable: Runnable) {
             set_in_task(false);
         }
         Runnable::Job(job) => {
+            // User code catches its own panics (`call_user`); this guards the
+            // delivery around it.
             if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                log::error!("a handler job panicked outside the handler");
+                log::error!("a job panicked outside user code");
             }
         }
     }
 }
 
-fn enter(shared: &Arc<Shared>, role: Role) {
+/// Runs the tasks in `woken` on this thread and queues its jobs: what a
+/// thread inside user code collected, which must not run user code itself.
+fn run_tasks_queue_jobs(pool: &Pool, woken: Vec<Runnable>) {
+    for runnable in woken {
+        match runnable {
+            Runnable::Task(_) => run(runnable),
+            Runnable::Job(_) => pool.push_global(runnable),
+        }
+    }
+}
+
+fn enter(shared: &Arc<Shared>) {
+    with_context(|cx| debug_assert!(cx.is_none(), "a thread serves one pool"));
     CONTEXT.with(|cell| {
         let _ = cell.set(Context {
             shared: shared.clone(),
-            role,
-            blocking: Cell::new(false),
+            in_user: Cell::new(false),
             lifo: RefCell::new(None),
             batch: RefCell::new(None),
             in_task: Cell::new(false),
@@ -381,26 +615,27 @@ fn enter(shared: &Arc<Shared>, role: Role) {
 /// Starts (`Some`) or ends (`None`) collecting woken work; returns what was
 /// collected.
 fn set_batch(batch: Option<Vec<Runnable>>) -> Option<Vec<Runnable>> {
-    CONTEXT.with(|cell| {
-        let cx = cell.get()?;
+    with_context(|cx| {
+        let cx = cx?;
         std::mem::replace(&mut *cx.batch.borrow_mut(), batch)
     })
 }
 
 fn set_in_task(value: bool) {
-    CONTEXT.with(|cell| {
-        if let Some(cx) = cell.get() {
+    with_context(|cx| {
+        if let Some(cx) = cx {
             cx.in_task.set(value);
         }
     });
 }
 
 fn take_lifo() -> Option<Runnable> {
-    CONTEXT.with(|cell| cell.get().and_then(|cx| cx.lifo.borrow_mut().take()))
+    with_context(|cx| cx.and_then(|cx| cx.lifo.borrow_mut().take()))
 }
 
 fn worker_main(shared: Arc<Shared>) {
-    enter(&shared, Role::Worker);
+    let parker = Parker::new();
+    enter(&shared);
     // Alternate between the two queues so neither starves the other.
     let mut prefer_jobs = false;
     let mut lifo_streak = 0;
@@ -417,162 +652,49 @@ fn worker_main(shared: Arc<Shared>) {
         lifo_streak = 0;
         let mut state = shared.lock();
         prefer_jobs = !prefer_jobs;
-        if let Some(runnable) = shared.pop(&mut state, true, prefer_jobs) {
+        if let Some(runnable) = state.pop(prefer_jobs) {
             drop(state);
             run(runnable);
             continue;
         }
         if state.shutdown {
             state.workers -= 1;
+            shared.exited.notify_all();
             return;
         }
-        if let Some(mut driver) = shared.reactor.try_driver() {
-            state.polling = true;
-            drop(state);
-            set_batch(Some(Vec::new()));
-            shared.reactor.turn(&mut driver, None, || {
-                shared.lock().polling = false;
-            });
-            drop(driver);
-            if let Some(batch) = set_batch(None) {
-                Pool(shared.clone()).push_batch(batch);
-            }
-            continue;
-        }
-        state.parked += 1;
-        let (mut state, timeout) = shared
-            .worker_cv
-            .wait_timeout(state, shared.config.keep_alive)
-            .unwrap_or_else(|e| e.into_inner());
-        if state.wakeups > 0 {
-            state.wakeups -= 1;
-            // Woken for queued work: if more is queued than this worker takes,
-            // pass the wake-up on (one at a time, not a thundering herd).
-            if state.tasks.len() + state.jobs.len() > 1 {
-                shared.unpark_one(&mut state);
-            }
-            continue;
-        }
-        state.parked -= 1;
-        // An idle worker leaves, but one always stays to poll the reactor.
-        if timeout.timed_out()
-            && state.workers > 1
-            && state.tasks.is_empty()
-            && state.jobs.is_empty()
-        {
-            state.workers -= 1;
-            return;
-        }
-    }
-}
-
-fn reserve_main(shared: Arc<Shared>) {
-    enter(&shared, Role::Reserve);
-    let mut quiet_ticks = 0;
-    let mut last_epoch = shared.reactor.epoch();
-    // Running tasks and polling for workers stuck in handlers.
-    let mut engaged = false;
-    let mut state = shared.lock();
-    loop {
-        if state.shutdown {
-            return;
-        }
-        // Step in when every worker is inside a handler and queued work has
-        // waited: a task `STUCK_DELAY` (run tasks and poll until a worker is
-        // free again), a job `SPAWN_DELAY` (add workers). Handlers that return
-        // sooner are left alone: stepping in for them would only add
-        // hand-offs and threads competing for the CPU.
-        let saturated = shared.available(&state) == 0;
-        let waited = |since: Option<&Instant>, delay| since.is_some_and(|t| t.elapsed() >= delay);
-        if !saturated {
-            engaged = false;
-        } else if waited(state.tasks.front().map(|(t, _)| t), STUCK_DELAY) {
-            engaged = true;
-        }
-        // Run the tasks the stuck workers cannot (request bodies they wait for).
-        if engaged {
-            if let Some(runnable) = shared.pop(&mut state, false, false) {
+        if state.polling == Polling::No {
+            if let Some(mut driver) = shared.reactor.try_driver() {
+                state.polling = Polling::Worker;
                 drop(state);
-                run(runnable);
-                state = shared.lock();
+                set_batch(Some(Vec::new()));
+                shared.reactor.turn(&mut driver, None, || {
+                    shared.lock().polling = Polling::No;
+                });
+                drop(driver);
+                if let Some(batch) = set_batch(None) {
+                    Pool(shared.clone()).push_batch(batch);
+                }
                 continue;
             }
         }
-        // Grow the pool for jobs queued behind workers stuck in handlers.
-        let room = shared.config.max_workers.saturating_sub(state.workers);
-        if saturated
-            && room > 0
-            && !state.shutdown
-            && waited(state.jobs.front().map(|(t, _)| t), SPAWN_DELAY)
-        {
-            for _ in 0..room.min(state.jobs.len()) {
-                shared.spawn_worker(&mut state);
-            }
+        state.idle.push(parker.clone());
+        drop(state);
+        let deadline = shared.config.keep_alive.map(|k| Instant::now() + k);
+        if parker.park(deadline) {
             continue;
         }
-        let saturated = engaged;
-        let handlers_running = shared.in_blocking.load(Ordering::SeqCst) > 0;
-        if handlers_running {
-            quiet_ticks = 0;
-        } else {
-            quiet_ticks += 1;
-        }
-        // Poll the reactor while no worker can, or when nobody has for a whole
-        // tick while handlers run (a worker that left polling to run a long
-        // handler while the others are parked).
-        let epoch = shared.reactor.epoch();
-        let nobody_polled = epoch == last_epoch;
-        last_epoch = epoch;
-        if saturated || (handlers_running && nobody_polled) {
-            if let Some(mut driver) = shared.reactor.try_driver() {
-                // While saturated, wait for events until a worker comes free
-                // (`interrupt_reserve_poll`); otherwise look once and hand back.
-                let timeout = if saturated {
-                    shared.reserve_polling.store(true, Ordering::SeqCst);
-                    // Re-check after publishing: a worker leaving user code
-                    // either sees the flag or is seen here.
-                    (shared.available(&state) == 0).then_some(RESERVE_TICK)
-                } else {
-                    None
-                };
-                drop(state);
-                shared
-                    .reactor
-                    .turn(&mut driver, Some(timeout.unwrap_or(Duration::ZERO)), || {
-                        shared.reserve_polling.store(false, Ordering::SeqCst);
-                    });
-                state = shared.lock();
-                drop(driver);
-                // Hand polling back to a worker if one is parked.
-                if shared.available(&state) > 0 {
-                    shared.unpark_one(&mut state);
-                }
-                last_epoch = shared.reactor.epoch();
-                if saturated {
-                    continue;
-                }
-                // A look on behalf of a worker that left polling: the next one
-                // is a tick away, not at once (that would spin on this core).
-            }
-        }
-        if quiet_ticks > RESERVE_LINGER_TICKS {
-            shared.reserve_parked.store(true, Ordering::SeqCst);
-            // Re-check after publishing the flag: a worker entering user code
-            // either sees the flag and notifies, or is seen here.
-            if shared.in_blocking.load(Ordering::SeqCst) == 0 && state.tasks.is_empty() {
-                state = shared
-                    .reserve_cv
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            shared.reserve_parked.store(false, Ordering::SeqCst);
-            quiet_ticks = 0;
-        } else {
-            state = shared
-                .reserve_cv
-                .wait_timeout(state, RESERVE_TICK)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let mut state = shared.lock();
+        let Some(at) = state.idle.iter().position(|p| Arc::ptr_eq(p, &parker)) else {
+            // Woken (taken off the list) just as the wait timed out.
+            parker.take();
+            continue;
+        };
+        state.idle.remove(at);
+        // An idle worker leaves, but one always stays to poll the reactor.
+        if state.workers > 1 && !state.queued() && !state.shutdown {
+            state.workers -= 1;
+            shared.exited.notify_all();
+            return;
         }
     }
 }
@@ -584,64 +706,52 @@ fn reserve_main(shared: Arc<Shared>) {
 /// running it on this thread, instead of queueing it for another thread and
 /// sleeping until that one answers, saves two cross-thread wake-ups per chunk.
 /// Tasks never block, so the handler waits no longer for it. Captured jobs
-/// (handlers) are queued as usual: user code must not nest.
+/// (user code) are queued as usual: user code must not nest.
 pub(crate) fn poll_and_help<T>(poll: impl FnOnce() -> T) -> T {
-    let Some(previous) = CONTEXT.with(|cell| {
-        let cx = cell.get().filter(|cx| cx.role == Role::Worker)?;
-        Some(cx.batch.borrow_mut().replace(Vec::new()))
+    let Some((pool, previous)) = with_context(|cx| {
+        let cx = cx?;
+        let previous = cx.batch.borrow_mut().replace(Vec::new());
+        Some((Pool(cx.shared.clone()), previous))
     }) else {
         return poll();
     };
     let output = poll();
     let woken = set_batch(previous).unwrap_or_default();
-    for runnable in woken {
-        match runnable {
-            Runnable::Task(_) => run(runnable),
-            Runnable::Job(_) => CONTEXT.with(|cell| {
-                if let Some(cx) = cell.get() {
-                    Pool(cx.shared.clone()).push_global(runnable);
-                }
-            }),
-        }
-    }
+    run_tasks_queue_jobs(&pool, woken);
     output
 }
 
-/// Whether the calling thread may run a handler (user code) right here: a
-/// worker, not already inside user code (a handler running its connection's
-/// task while it waits for its body). Never the reserve thread.
-pub(crate) fn may_run_handler_here() -> bool {
-    CONTEXT.with(|cell| {
-        cell.get()
-            .is_some_and(|cx| cx.role == Role::Worker && !cx.blocking.get())
-    })
+/// [`Pool::call_user`] on the current worker's pool, inlining allowed; off
+/// the pool (a body polled by a user's own thread) `f` just runs here.
+pub(crate) fn call_user_here<T, F>(f: F) -> UserCall<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match with_context(|cx| cx.map(|cx| Pool(cx.shared.clone()))) {
+        Some(pool) => pool.call_user(true, f),
+        None => UserCall::Ready(Some(catch_unwind(AssertUnwindSafe(f)))),
+    }
 }
 
-/// Whether the calling thread is a pool's reserve thread, which must never run
-/// user code.
-pub(crate) fn on_reserve_thread() -> bool {
-    CONTEXT.with(|cell| cell.get().is_some_and(|cx| cx.role == Role::Reserve))
+/// Waits until `parker` is unparked or `deadline` passes (then returns
+/// false). On a pool worker this helps the pool meanwhile (see
+/// `Shared::wait_once`); elsewhere it just parks.
+pub(crate) fn wait_for_wake(parker: &Arc<Parker>, deadline: Option<Instant>) -> bool {
+    let helping = with_context(|cx| cx.filter(|cx| cx.in_user.get()).map(|cx| cx.shared.clone()));
+    match helping {
+        Some(shared) => shared.wait_once(parker, deadline, true),
+        None => parker.park(deadline),
+    }
 }
 
-/// Queues a job from the reserve thread, for a worker to run.
-///
-/// # Panics
-///
-/// Panics if called elsewhere (see [`on_reserve_thread`]).
-pub(crate) fn spawn_job_from_reserve(job: Job) {
-    let shared = CONTEXT.with(|cell| {
-        let cx = cell.get().filter(|cx| cx.role == Role::Reserve);
-        cx.expect("called on the reserve thread").shared.clone()
-    });
-    Pool(shared).push_global(Runnable::Job(job));
-}
-
-/// Runs `f`, which may block for a long time (user code), telling the pool that
-/// the current worker is unavailable meanwhile. Outside a worker, just runs `f`.
-pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
-    let shared = CONTEXT.with(|cell| match cell.get() {
-        Some(cx) if cx.role == Role::Worker && !cx.blocking.get() => {
-            cx.blocking.set(true);
+/// Runs `f`, user code that may block for a long time, counting the current
+/// worker as inside user code meanwhile (see the module docs). Outside a
+/// worker, or nested, just runs `f`.
+pub(crate) fn user_section<R>(f: impl FnOnce() -> R) -> R {
+    let shared = with_context(|cx| match cx {
+        Some(cx) if !cx.in_user.get() => {
+            cx.in_user.set(true);
             Some(cx.shared.clone())
         }
         _ => None,
@@ -649,25 +759,212 @@ pub(crate) fn blocking_section<R>(f: impl FnOnce() -> R) -> R {
     let Some(shared) = shared else {
         return f();
     };
-    shared.in_blocking.fetch_add(1, Ordering::SeqCst);
-    if shared.reserve_parked.load(Ordering::SeqCst) {
-        // The reserve must tick while handlers run, to notice if they block.
-        let _state = shared.lock();
-        shared.reserve_cv.notify_one();
-    }
+    shared.enter_user();
     struct Exit(Arc<Shared>);
     impl Drop for Exit {
         fn drop(&mut self) {
-            self.0.in_blocking.fetch_sub(1, Ordering::SeqCst);
-            // This worker is free again: it, not the reserve, should poll.
-            self.0.interrupt_reserve_poll();
-            CONTEXT.with(|cell| {
-                if let Some(cx) = cell.get() {
-                    cx.blocking.set(false);
+            self.0.exit_user();
+            with_context(|cx| {
+                if let Some(cx) = cx {
+                    cx.in_user.set(false);
                 }
             });
         }
     }
     let _exit = Exit(shared);
     f()
+}
+
+#[cfg(all(test, not(astra_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    fn pool(max_workers: usize) -> Pool {
+        Pool::new(
+            Reactor::new().unwrap(),
+            PoolConfig {
+                max_workers,
+                keep_alive: Some(Duration::from_secs(5)),
+            },
+        )
+    }
+
+    /// Waits (bounded) until `cond` holds on the pool's counters.
+    fn wait_until(pool: &Pool, what: &str, cond: impl Fn((usize, usize, usize)) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let snapshot = pool.snapshot();
+            if cond(snapshot) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: stuck at {snapshot:?}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn no_thread_until_there_is_work() {
+        let pool = pool(4);
+        assert_eq!(pool.snapshot(), (0, 0, 0));
+        let (tx, rx) = mpsc::channel();
+        pool.spawn(async move { tx.send(()).unwrap() });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(pool.snapshot().0, 1);
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    #[test]
+    fn entering_user_code_hands_the_pool_on() {
+        // Three tasks each block in user code until released: each entry
+        // leaves no free worker behind, so each starts the next worker.
+        let pool = pool(8);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let entered = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let pool2 = pool.clone();
+            let release_rx = release_rx.clone();
+            let entered = entered.clone();
+            pool.spawn(async move {
+                let call = pool2.call_user(true, move || {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    release_rx.lock().unwrap().recv().unwrap();
+                });
+                call.await.unwrap();
+            });
+        }
+        wait_until(&pool, "three in user code", |(_, in_user, _)| {
+            in_user == 3 && entered.load(Ordering::SeqCst) == 3
+        });
+        // And one more free worker: the I/O role was handed on.
+        let (workers, in_user, _) = pool.snapshot();
+        assert_eq!(workers, 4, "one worker per blocked handler plus one");
+        assert_eq!(in_user, 3);
+        for _ in 0..3 {
+            release_tx.send(()).unwrap();
+        }
+        wait_until(&pool, "all out of user code", |(_, in_user, _)| {
+            in_user == 0
+        });
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    #[test]
+    fn the_pool_stops_growing_at_max_workers_and_queues_the_rest() {
+        let pool = pool(2);
+        let (done_tx, done_rx) = mpsc::channel();
+        let gate = Arc::new(std::sync::Barrier::new(3));
+        for i in 0..4 {
+            let pool2 = pool.clone();
+            let done_tx = done_tx.clone();
+            let gate = gate.clone();
+            pool.spawn(async move {
+                let out = pool2
+                    .call_user(false, move || {
+                        if i < 2 {
+                            gate.wait();
+                        }
+                        i
+                    })
+                    .await
+                    .unwrap();
+                done_tx.send(out).unwrap();
+            });
+        }
+        wait_until(&pool, "both workers in user code", |(w, u, _)| {
+            w == 2 && u == 2
+        });
+        assert!(done_rx.try_recv().is_err(), "nothing finished yet");
+        gate.wait();
+        let mut got: Vec<_> = (0..4)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert_eq!(pool.snapshot().0, 2, "never more than max_workers");
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    #[test]
+    fn a_panic_in_user_code_is_returned_and_the_worker_lives() {
+        let pool = pool(1);
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..20 {
+            let pool2 = pool.clone();
+            let tx = tx.clone();
+            pool.spawn(async move {
+                let result = pool2.call_user(true, || panic!("user code panics")).await;
+                tx.send(result.is_err()).unwrap();
+            });
+        }
+        for _ in 0..20 {
+            assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        assert_eq!(pool.snapshot(), (1, 0, pool.snapshot().2));
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    #[test]
+    fn idle_workers_exit_after_keep_alive_but_one_stays() {
+        let pool = Pool::new(
+            Reactor::new().unwrap(),
+            PoolConfig {
+                max_workers: 8,
+                keep_alive: Some(Duration::from_millis(50)),
+            },
+        );
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        for _ in 0..3 {
+            let pool2 = pool.clone();
+            let release_rx = release_rx.clone();
+            pool.spawn(async move {
+                pool2
+                    .call_user(true, move || release_rx.lock().unwrap().recv().unwrap())
+                    .await
+                    .unwrap();
+            });
+        }
+        wait_until(&pool, "three blocked", |(_, u, _)| u == 3);
+        for _ in 0..3 {
+            release_tx.send(()).unwrap();
+        }
+        wait_until(&pool, "back to one worker", |(w, _, _)| w == 1);
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    #[test]
+    fn shutdown_reports_workers_still_in_user_code() {
+        let pool = pool(2);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let pool2 = pool.clone();
+        pool.spawn(async move {
+            pool2
+                .call_user(true, move || release_rx.recv().unwrap())
+                .await
+                .unwrap();
+        });
+        wait_until(&pool, "in user code", |(_, u, _)| u == 1);
+        assert_eq!(pool.shutdown(Duration::from_millis(50)), 1);
+        release_tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.snapshot().0 > 0 {
+            assert!(Instant::now() < deadline, "workers did not exit");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_plain_thread_drives_the_reactor_without_any_worker() {
+        // max_workers 0: no worker can ever start, so only the caller's own
+        // polling can fire the timer.
+        let pool = pool(0);
+        let timer = super::super::timer::Timer(pool.clone());
+        let started = Instant::now();
+        pool.block_on(timer.sleep_until(started + Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(pool.snapshot().0, 0, "no worker was started");
+    }
 }

@@ -5,14 +5,13 @@
 //! a request can be read, handled and answered on one thread with no hand-off.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use mio::event::Source;
 use mio::{Events, Interest, Registry, Token};
 
+use super::sync::{self, Arc, Mutex, MutexGuard};
 use super::timer::Timers;
 
 /// The token of the waker that interrupts a blocked `poll`.
@@ -93,7 +92,7 @@ impl ScheduledIo {
     }
 
     fn lock(&self) -> MutexGuard<'_, IoState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 }
 
@@ -110,9 +109,6 @@ pub(crate) struct Reactor {
     waker: mio::Waker,
     sources: Mutex<Slab>,
     timers: Timers,
-    /// Counts how often the driver was taken; lets the reserve thread tell that
-    /// nobody has polled for a while.
-    epoch: AtomicU64,
 }
 
 /// The right to wait for events: whoever holds it is the poller.
@@ -137,28 +133,16 @@ impl Reactor {
             waker,
             sources: Mutex::new(Slab::default()),
             timers: Timers::default(),
-            epoch: AtomicU64::new(0),
         })
     }
 
     /// Takes the driver if nobody holds it.
     pub(crate) fn try_driver(&self) -> Option<MutexGuard<'_, Driver>> {
-        match self.driver.try_lock() {
-            Ok(guard) => {
-                self.epoch.fetch_add(1, Ordering::Relaxed);
-                Some(guard)
-            }
-            Err(TryLockError::WouldBlock) => None,
-            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        }
+        sync::try_lock(&self.driver)
     }
 
     pub(crate) fn timers(&self) -> &Timers {
         &self.timers
-    }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Relaxed)
     }
 
     /// Interrupts a driver blocked in `poll`.
@@ -222,7 +206,7 @@ impl Reactor {
     }
 
     fn lock_sources(&self) -> MutexGuard<'_, Slab> {
-        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.sources)
     }
 
     /// Waits up to `timeout` (or the next timer's deadline, if sooner) for events,

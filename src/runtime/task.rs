@@ -7,11 +7,10 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use super::pool::Pool;
+use super::sync::{self, Arc, AtomicU8, Mutex, Ordering};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -49,7 +48,7 @@ impl Task {
         self.state.store(RUNNING, Ordering::Release);
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut slot = self.future.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = sync::lock(&self.future);
         let Some(future) = slot.as_mut() else {
             return;
         };

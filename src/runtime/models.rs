@@ -1,0 +1,291 @@
+//! loom models of the runtime's hand-offs: every interleaving of the threads
+//! in each scenario (up to loom's preemption bound) must end with the work
+//! done and every thread gone, or loom reports the deadlock or the failed
+//! assertion. Run them with `scripts/loom.sh` (or
+//! `RUSTFLAGS="--cfg astra_loom" cargo test --release --lib models`).
+//!
+//! The reactor is `reactor_model.rs`: the same interface, with events a model
+//! injects. What is checked is the pool's protocol around it.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use super::park;
+use super::pool::{Pool, PoolConfig};
+use super::reactor::Reactor;
+use super::sync::{self, thread, Arc, Condvar, Mutex};
+use super::timer::Timer;
+
+/// A flag one thread sets and others wait for.
+struct Latch {
+    set: Mutex<bool>,
+    condvar: Condvar,
+}
+
+impl Latch {
+    fn new() -> Arc<Latch> {
+        Arc::new(Latch {
+            set: Mutex::new(false),
+            condvar: Condvar::new(),
+        })
+    }
+
+    fn set(&self) {
+        *sync::lock(&self.set) = true;
+        self.condvar.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut set = sync::lock(&self.set);
+        while !*set {
+            set = sync::wait(&self.condvar, set, None);
+        }
+    }
+}
+
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+struct CountingWaker(Mutex<usize>);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        *sync::lock(&self.0) += 1;
+    }
+}
+
+impl CountingWaker {
+    fn count(&self) -> usize {
+        *sync::lock(&self.0)
+    }
+}
+
+fn pool(max_workers: usize) -> Pool {
+    Pool::new(
+        Reactor::new().expect("the model reactor"),
+        PoolConfig {
+            max_workers,
+            keep_alive: None,
+        },
+    )
+}
+
+/// Explores `f` with loom's default bounds (`LOOM_MAX_PREEMPTIONS` etc. from
+/// the environment).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    loom::model(f);
+}
+
+/// A bound that never runs out: models must end by their events.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// Ends a model: no worker may be left behind.
+fn shut_down(pool: &Pool) {
+    assert_eq!(pool.shutdown(FOREVER), 0, "every worker exits");
+}
+
+#[test]
+fn a_task_woken_while_its_worker_enters_user_code_runs_again() {
+    model(|| {
+        let pool = pool(2);
+        let waker_slot: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let stored = Latch::new();
+        let done = Latch::new();
+        let polls = Arc::new(Mutex::new(0));
+        {
+            let (pool2, waker_slot, stored, done) = (
+                pool.clone(),
+                waker_slot.clone(),
+                stored.clone(),
+                done.clone(),
+            );
+            pool.spawn(poll_fn(move |cx| {
+                let n = {
+                    let mut polls = sync::lock(&polls);
+                    *polls += 1;
+                    *polls
+                };
+                if n > 1 {
+                    done.set();
+                    return Poll::Ready(());
+                }
+                *sync::lock(&waker_slot) = Some(cx.waker().clone());
+                stored.set();
+                // The wake-up below may land anywhere in here, while this
+                // worker enters and leaves user code.
+                let mut call = pool2.call_user(true, || ());
+                assert!(Pin::new(&mut call).poll(cx).is_ready(), "ran inline");
+                Poll::Pending
+            }));
+        }
+        stored.wait();
+        let waker = sync::lock(&waker_slot).take().expect("stored");
+        waker.wake();
+        done.wait();
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn the_last_free_worker_entering_user_code_with_work_queued_hands_it_on() {
+    model(|| {
+        let pool = pool(2);
+        let release = Latch::new();
+        let second_done = Latch::new();
+        {
+            let (pool2, release) = (pool.clone(), release.clone());
+            pool.spawn(async move {
+                let call = pool2.call_user(true, move || release.wait());
+                call.await.expect("no panic");
+            });
+        }
+        {
+            let second_done = second_done.clone();
+            pool.spawn(async move { second_done.set() });
+        }
+        // Whichever runs first, the second task finishes while the first is
+        // still inside user code.
+        second_done.wait();
+        release.set();
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn shutdown_racing_a_new_connection_leaves_no_thread_behind() {
+    model(|| {
+        let pool = pool(1);
+        let spawner = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.spawn(async {}))
+        };
+        let left = pool.shutdown(FOREVER);
+        spawner.join().expect("spawner");
+        assert_eq!(left, 0);
+        // A worker started for the late task sees the shutdown and exits.
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn a_timer_firing_while_its_waker_is_replaced_wakes_the_new_waker() {
+    model(|| {
+        let pool = pool(0);
+        let timer = Timer(pool.clone());
+        let mut sleep = timer.sleep_until(Instant::now() + Duration::from_secs(3600));
+        let first = Arc::new(CountingWaker::default());
+        let second = Arc::new(CountingWaker::default());
+        let waker = Waker::from(first.clone());
+        let registered = Pin::new(&mut sleep).poll(&mut Context::from_waker(&waker));
+        assert!(registered.is_pending());
+        let firer = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let mut wakers = Vec::new();
+                pool.reactor().timers().fire_all(&mut wakers);
+                for waker in wakers {
+                    waker.wake();
+                }
+            })
+        };
+        let waker = Waker::from(second.clone());
+        let ready = Pin::new(&mut sleep)
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready();
+        firer.join().expect("firer");
+        assert!(
+            ready || second.count() == 1,
+            "the fire is seen by the poll or wakes the waker it stored"
+        );
+    });
+}
+
+#[test]
+fn a_plain_thread_blocked_on_a_future_drives_the_reactor_with_no_worker() {
+    model(|| {
+        let pool = pool(0);
+        let slot: Arc<Mutex<(bool, Option<Waker>)>> = Arc::default();
+        let setter = {
+            let slot = slot.clone();
+            thread::spawn(move || {
+                let waker = {
+                    let mut slot = sync::lock(&slot);
+                    slot.0 = true;
+                    slot.1.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            })
+        };
+        pool.block_on(poll_fn(|cx| {
+            let mut slot = sync::lock(&slot);
+            if slot.0 {
+                return Poll::Ready(());
+            }
+            slot.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }));
+        setter.join().expect("setter");
+    });
+}
+
+#[test]
+fn a_handler_waiting_for_its_body_at_max_workers_runs_the_task_that_feeds_it() {
+    model(|| {
+        let pool = pool(1);
+        // The "body": a value the feeding task delivers, and the handler's waker.
+        let body: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
+        // The feeding task waits for a socket event; its waker goes here.
+        let event_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let waiting_for_event = Latch::new();
+        let done = Latch::new();
+        {
+            let (body, event_waker, waiting_for_event) =
+                (body.clone(), event_waker.clone(), waiting_for_event.clone());
+            let mut polled = false;
+            pool.spawn(poll_fn(move |cx| {
+                if !polled {
+                    polled = true;
+                    *sync::lock(&event_waker) = Some(cx.waker().clone());
+                    waiting_for_event.set();
+                    return Poll::Pending;
+                }
+                let waker = {
+                    let mut body = sync::lock(&body);
+                    body.0 = Some(7);
+                    body.1.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Poll::Ready(())
+            }));
+        }
+        {
+            let (pool2, body, done) = (pool.clone(), body.clone(), done.clone());
+            pool.spawn(async move {
+                let read = pool2.call_user(false, move || {
+                    park::block_on(poll_fn(|cx| {
+                        let mut body = sync::lock(&body);
+                        match body.0 {
+                            Some(v) => Poll::Ready(v),
+                            None => {
+                                body.1 = Some(cx.waker().clone());
+                                Poll::Pending
+                            }
+                        }
+                    }))
+                });
+                assert_eq!(read.await.expect("no panic"), 7);
+                done.set();
+            });
+        }
+        waiting_for_event.wait();
+        let waker = sync::lock(&event_waker).take().expect("stored");
+        pool.reactor().inject(waker);
+        done.wait();
+        shut_down(&pool);
+    });
+}

@@ -1,0 +1,82 @@
+//! A stand-in for the mio reactor under loom (`--cfg astra_loom`): the same
+//! interface to the pool, with "events" that a model injects by hand. loom
+//! cannot run `epoll_wait`; what the models check is the hand-off protocol
+//! around it (who polls, who is woken out of a poll), not the kernel.
+
+use std::io;
+use std::task::Waker;
+use std::time::Duration;
+
+use super::sync::{self, Condvar, Mutex, MutexGuard};
+use super::timer::Timers;
+
+pub(crate) struct Reactor {
+    driver: Mutex<Driver>,
+    pending: Mutex<Pending>,
+    condvar: Condvar,
+    timers: Timers,
+}
+
+/// The right to wait for events: whoever holds it is the poller.
+pub(crate) struct Driver;
+
+#[derive(Default)]
+struct Pending {
+    /// `wake_driver` was called and no poll has returned since.
+    woken: bool,
+    /// Injected events: the wakers they concern.
+    events: Vec<Waker>,
+}
+
+impl Reactor {
+    pub(crate) fn new() -> io::Result<Reactor> {
+        Ok(Reactor {
+            driver: Mutex::new(Driver),
+            pending: Mutex::new(Pending::default()),
+            condvar: Condvar::new(),
+            timers: Timers::default(),
+        })
+    }
+
+    pub(crate) fn try_driver(&self) -> Option<MutexGuard<'_, Driver>> {
+        sync::try_lock(&self.driver)
+    }
+
+    pub(crate) fn timers(&self) -> &Timers {
+        &self.timers
+    }
+
+    pub(crate) fn wake_driver(&self) {
+        sync::lock(&self.pending).woken = true;
+        self.condvar.notify_all();
+    }
+
+    /// An event for `waker`'s task, as a socket becoming ready would be.
+    pub(crate) fn inject(&self, waker: Waker) {
+        sync::lock(&self.pending).events.push(waker);
+        self.condvar.notify_all();
+    }
+
+    /// Waits for `wake_driver` or an injected event (loom has no clock, so
+    /// `timeout` is not honoured), then wakes what the events concern.
+    pub(crate) fn turn(
+        &self,
+        _driver: &mut Driver,
+        _timeout: Option<Duration>,
+        after_poll: impl FnOnce(),
+    ) -> usize {
+        let mut pending = sync::lock(&self.pending);
+        while !pending.woken && pending.events.is_empty() {
+            pending = sync::wait(&self.condvar, pending, None);
+        }
+        pending.woken = false;
+        let events = std::mem::take(&mut pending.events);
+        drop(pending);
+        after_poll();
+        let woken = events.len();
+        for waker in events {
+            waker.wake();
+        }
+        woken
+    }
+}
