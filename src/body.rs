@@ -234,9 +234,11 @@ impl Iterator for Body {
             Kind::Incoming(incoming, timeout) => loop {
                 let next = std::future::poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx));
                 let Some(frame) = park::block_on_timeout(next, *timeout) else {
+                    // Only a timeout that is set runs out.
+                    let waited = timeout.unwrap_or_default();
                     return Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("body read timeout: no data from the client for {timeout:?}"),
+                        format!("body read timeout: no data from the client for {waited:?}"),
                     )));
                 };
                 match frame {

@@ -387,6 +387,28 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
     assert_eq!(response.body_str(), "read 3");
 }
 
+/// Regression: the error a handler got when its body read timed out said
+/// `no data from the client for Some(300ms)`, the `Option` printed whole.
+#[test]
+fn body_read_timeout_message_printed_the_option() {
+    let server = server().body_read_timeout(Duration::from_millis(300));
+    let addr = start(server, |mut request: astra::Request, _info| {
+        let mut body = Vec::new();
+        match request.body_mut().reader().read_to_end(&mut body) {
+            Ok(n) => Response::new(Body::new(format!("read {n}"))),
+            Err(err) => Response::new(Body::new(format!("{:?}: {err}", err.kind()))),
+        }
+    });
+    let response = raw_request(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    let message = response.body_str();
+    assert!(message.starts_with("TimedOut: "), "{message}");
+    assert!(message.contains(" 300ms"), "{message}");
+    assert!(!message.contains("Some("), "{message}");
+}
+
 #[test]
 fn a_slow_but_steady_request_body_is_read_whole() {
     let server = server().body_read_timeout(Duration::from_millis(500));
