@@ -275,6 +275,22 @@ mod http2_ping {
         assert!(closed < Duration::from_secs(3), "closed late: {closed:?}");
     }
 
+    /// `http2_keep_alive_timeout` used to take a plain `Duration`; `None`
+    /// waits for the PING's answer for ever, so the same silent peer that
+    /// `unanswered_pings_close_the_connection` closes stays connected.
+    #[test]
+    fn ping_timeout_none_keeps_a_silent_peer_open() {
+        let server = server()
+            .http2_keep_alive_interval(Duration::from_millis(200))
+            .http2_keep_alive_timeout(None);
+        let addr = start(server, hello);
+        assert_eq!(
+            unresponsive_http2_client(addr, Duration::from_millis(1500)),
+            None,
+            "with no PING timeout the unanswering peer must stay connected"
+        );
+    }
+
     #[test]
     fn without_pings_the_same_connection_stays_open() {
         let addr = start(server(), hello);
