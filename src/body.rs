@@ -66,6 +66,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// [`io::Read`], sent chunked unless you set a `Content-Length` header yourself).
 pub struct Body {
     kind: Kind,
+    /// What a [`BodyReader`] took from `kind` but has not handed out yet: the
+    /// next bytes of the body, before anything still in `kind`.
+    leftover: Bytes,
 }
 
 enum Kind {
@@ -97,6 +100,7 @@ impl Body {
         let bytes = data.into();
         Body {
             kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+            leftover: Bytes::new(),
         }
     }
 
@@ -111,6 +115,7 @@ impl Body {
     pub fn empty() -> Body {
         Body {
             kind: Kind::Full(None),
+            leftover: Bytes::new(),
         }
     }
 
@@ -143,10 +148,14 @@ impl Body {
     {
         Body {
             kind: Kind::Reader(ReaderState::Idle(Box::new(reader))),
+            leftover: Bytes::new(),
         }
     }
 
     /// Returns an [`io::Read`] view of this body.
+    ///
+    /// The reader keeps no bytes of its own: what it has not yet read stays in
+    /// the body, so readers and iteration may be mixed and nothing is lost.
     ///
     /// ```
     /// use astra::{Body, Request};
@@ -161,15 +170,13 @@ impl Body {
     /// # assert_eq!(read_all(&mut request).unwrap(), "hi");
     /// ```
     pub fn reader(&mut self) -> BodyReader<'_> {
-        BodyReader {
-            body: self,
-            pending: Bytes::new(),
-        }
+        BodyReader { body: self }
     }
 
     pub(crate) fn incoming(incoming: hyper::body::Incoming, timeout: Option<Duration>) -> Body {
         Body {
             kind: Kind::Incoming(incoming, timeout),
+            leftover: Bytes::new(),
         }
     }
 }
@@ -192,8 +199,13 @@ impl Default for Body {
 impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
-            Kind::Full(Some(bytes)) => return f.debug_tuple("Body").field(&bytes.len()).finish(),
-            Kind::Full(None) => "empty",
+            Kind::Full(bytes) => {
+                let len = self.leftover.len() + bytes.as_ref().map_or(0, Bytes::len);
+                if len > 0 {
+                    return f.debug_tuple("Body").field(&len).finish();
+                }
+                "empty"
+            }
             Kind::Incoming(..) => "incoming",
             Kind::Reader(_) => "reader",
         };
@@ -211,6 +223,9 @@ impl Iterator for Body {
     type Item = io::Result<Bytes>;
 
     fn next(&mut self) -> Option<io::Result<Bytes>> {
+        if !self.leftover.is_empty() {
+            return Some(Ok(std::mem::take(&mut self.leftover)));
+        }
         match &mut self.kind {
             Kind::Full(bytes) => bytes.take().map(Ok),
             Kind::Reader(ReaderState::Idle(reader)) => read_chunk(reader.as_mut()).transpose(),
@@ -223,9 +238,11 @@ impl Iterator for Body {
             Kind::Incoming(incoming, timeout) => loop {
                 let next = std::future::poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx));
                 let Some(frame) = park::block_on_timeout(next, *timeout) else {
+                    // Only a timeout that is set runs out.
+                    let waited = timeout.unwrap_or_default();
                     return Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("body read timeout: no data from the client for {timeout:?}"),
+                        format!("body read timeout: no data from the client for {waited:?}"),
                     )));
                 };
                 match frame {
@@ -315,6 +332,10 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if !self.leftover.is_empty() {
+            let rest = std::mem::take(&mut self.leftover);
+            return Poll::Ready(Some(Ok(Frame::data(rest))));
+        }
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(incoming, _) => {
@@ -327,6 +348,9 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
+        if !self.leftover.is_empty() {
+            return false;
+        }
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Incoming(incoming, _) => incoming.is_end_stream(),
@@ -335,21 +359,44 @@ impl http_body::Body for Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        let leftover = self.leftover.len() as u64;
+        let mut hint = match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(incoming, _) => incoming.size_hint(),
             Kind::Reader(_) => SizeHint::default(),
+        };
+        if leftover > 0 {
+            // Upper first: `set_lower` panics above the current upper bound.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(leftover));
+            }
+            hint.set_lower(hint.lower().saturating_add(leftover));
         }
+        hint
     }
 }
 
 /// An [`io::Read`] view of a [`Body`], made by [`Body::reader`].
 ///
 /// Reads block until data has arrived. Reaching the end of the body reads `Ok(0)`.
+///
+/// The part of a chunk a read did not take stays in the [`Body`], so dropping
+/// the reader loses nothing: another reader, or iterating the body, goes on
+/// from the next unread byte.
+///
+/// ```
+/// use astra::Body;
+/// use std::io::Read;
+///
+/// let mut body = Body::new("name: rest of the body");
+/// let mut name = [0; 5];
+/// body.reader().read_exact(&mut name)?; // one chunk taken, five bytes read
+/// assert_eq!(&name, b"name:");
+/// assert_eq!(body.next().unwrap()?, " rest of the body");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct BodyReader<'body> {
     body: &'body mut Body,
-    /// The rest of the chunk the last read did not consume.
-    pending: Bytes,
 }
 
 impl Read for BodyReader<'_> {
@@ -357,15 +404,18 @@ impl Read for BodyReader<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        while self.pending.is_empty() {
+        let leftover = loop {
+            if !self.body.leftover.is_empty() {
+                break &mut self.body.leftover;
+            }
             match self.body.next() {
-                Some(chunk) => self.pending = chunk?,
+                Some(chunk) => self.body.leftover = chunk?,
                 None => return Ok(0),
             }
-        }
-        let n = buf.len().min(self.pending.len());
-        buf[..n].copy_from_slice(&self.pending[..n]);
-        self.pending.advance(n);
+        };
+        let n = buf.len().min(leftover.len());
+        buf[..n].copy_from_slice(&leftover[..n]);
+        leftover.advance(n);
         Ok(n)
     }
 }
@@ -374,7 +424,68 @@ impl fmt::Debug for BodyReader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BodyReader")
             .field("body", &self.body)
-            .field("pending", &self.pending.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads 10 bytes through one reader, 7 through a second, then iterates
+    /// the rest: what a handler of a request body may do.
+    fn read_mixed(body: &mut Body) -> Vec<u8> {
+        let mut all = vec![0; 10];
+        body.reader().read_exact(&mut all).unwrap();
+        let mut next = [0; 7];
+        body.reader().read_exact(&mut next).unwrap();
+        all.extend_from_slice(&next);
+        for chunk in body {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        all
+    }
+
+    /// `Body` is also an `Iterator`, with a `size_hint` of its own.
+    fn hint(body: &Body) -> SizeHint {
+        http_body::Body::size_hint(body)
+    }
+
+    fn data() -> Vec<u8> {
+        (0..1000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Regression: `BodyReader` kept the rest of the chunk it had taken, and
+    /// dropped it with itself; a second reader or the iterator went on after it.
+    #[test]
+    fn dropped_body_reader_loses_rest_of_its_chunk() {
+        let mut body = Body::new(data());
+        assert_eq!(read_mixed(&mut body), data());
+        let mut body = Body::wrap_reader(io::Cursor::new(data()));
+        assert_eq!(read_mixed(&mut body), data());
+    }
+
+    #[test]
+    fn leftover_counts_in_size_hint_and_end_of_stream() {
+        let mut body = Body::new(data());
+        let mut head = [0; 10];
+        body.reader().read_exact(&mut head).unwrap();
+        assert_eq!(hint(&body).exact(), Some(990));
+        assert!(!body.is_end_stream());
+        assert_eq!(format!("{body:?}"), "Body(990)");
+        let frame = park::block_on(std::future::poll_fn(|cx| {
+            Pin::new(&mut body).poll_frame(cx)
+        }));
+        let rest = frame.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&rest[..], &data()[10..]);
+        assert_eq!(hint(&body).exact(), Some(0));
+        assert!(body.is_end_stream());
+        assert!(body.next().is_none());
+
+        let mut body = Body::wrap_reader(io::Cursor::new(data()));
+        body.reader().read_exact(&mut head).unwrap();
+        assert_eq!(hint(&body).lower(), 990);
+        assert_eq!(hint(&body).upper(), None);
+        assert!(!body.is_end_stream());
     }
 }

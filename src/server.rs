@@ -48,6 +48,10 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long connections closed by the shutdown timeout get to go away.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// "No limit", where hyper takes only a `Duration`: about 136
+/// years, long enough never to run out, short enough that adding it to an
+/// `Instant` cannot overflow.
+const NO_LIMIT: Duration = Duration::from_secs(u32::MAX as u64);
 const LISTENER: mio::Token = mio::Token(0);
 const WAKER: mio::Token = mio::Token(1);
 
@@ -74,7 +78,7 @@ pub struct Server {
 #[derive(Clone, Debug)]
 struct Config {
     max_workers: usize,
-    worker_keep_alive: Duration,
+    worker_keep_alive: Option<Duration>,
     http1_keep_alive: bool,
     http1_half_close: bool,
     http1_max_buf_size: Option<usize>,
@@ -85,7 +89,7 @@ struct Config {
     http1_preserve_header_case: bool,
     mode: Mode,
     timeouts: Timeouts,
-    shutdown_timeout: Duration,
+    shutdown_timeout: Option<Duration>,
     max_connections: Option<usize>,
     #[cfg(feature = "http2")]
     http2: Http2Config,
@@ -104,14 +108,15 @@ struct Http2Config {
     max_header_list_size: Option<u32>,
     enable_connect_protocol: bool,
     keep_alive_interval: Option<Duration>,
-    keep_alive_timeout: Option<Duration>,
+    /// `None`: hyper's default; `Some(None)`: no limit.
+    keep_alive_timeout: Option<Option<Duration>>,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             max_workers: DEFAULT_MAX_WORKERS,
-            worker_keep_alive: Duration::from_secs(6),
+            worker_keep_alive: Some(Duration::from_secs(6)),
             http1_keep_alive: true,
             http1_half_close: false,
             http1_max_buf_size: None,
@@ -127,7 +132,7 @@ impl Default for Config {
                 send: Some(Duration::from_secs(60)),
                 body_read: Some(Duration::from_secs(60)),
             },
-            shutdown_timeout: Duration::from_secs(30),
+            shutdown_timeout: Some(Duration::from_secs(30)),
             max_connections: None,
             #[cfg(feature = "http2")]
             http2: Http2Config::default(),
@@ -283,7 +288,7 @@ impl Server {
             Reactor::new()?,
             PoolConfig {
                 max_workers: self.config.max_workers,
-                keep_alive: Some(self.config.worker_keep_alive),
+                keep_alive: self.config.worker_keep_alive,
             },
         );
         let protocols = Arc::new(self.config.protocols(&pool));
@@ -339,15 +344,21 @@ impl Server {
         }
         // Refuse new connections from here on, then drain the live ones.
         drop(listener);
-        let deadline = Instant::now() + self.config.shutdown_timeout;
-        while signal.live() > 0 && Instant::now() < deadline {
-            wait(&mut poll, &mut events, Some(deadline - Instant::now()));
+        let timeout = self.config.shutdown_timeout;
+        // No deadline (no timeout, or one past the clock's range): wait for ever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        while signal.live() > 0 {
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if remaining == Some(Duration::ZERO) {
+                break;
+            }
+            wait(&mut poll, &mut events, remaining);
         }
         if signal.live() > 0 {
             log::warn!(
                 "shutdown timeout: closing {} connections still open after {:?}",
                 signal.live(),
-                self.config.shutdown_timeout
+                timeout.unwrap_or_default()
             );
             signal.force();
             let deadline = Instant::now() + FORCED_CLOSE_GRACE;
@@ -384,11 +395,13 @@ impl Server {
     }
 
     /// How long a graceful shutdown waits for requests in flight to finish.
-    /// Connections still open then are closed, mid-request or not.
+    /// Connections still open then are closed, mid-request or not. `None`
+    /// waits for ever: `serve` returns once every request in flight has been
+    /// answered, however long its handler takes.
     ///
     /// Default is 30 seconds.
-    pub fn shutdown_timeout(mut self, val: Duration) -> Self {
-        self.config.shutdown_timeout = val;
+    pub fn shutdown_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
+        self.config.shutdown_timeout = val.into();
         self
     }
 
@@ -481,11 +494,12 @@ impl Server {
     }
 
     /// How long an idle worker thread waits for work before it exits. One
-    /// worker always stays.
+    /// worker always stays. `None` keeps idle workers for ever: the pool never
+    /// shrinks from the most threads it has needed (at most `max_workers`).
     ///
     /// Default is 6 seconds.
-    pub fn worker_keep_alive(mut self, val: Duration) -> Self {
-        self.config.worker_keep_alive = val;
+    pub fn worker_keep_alive(mut self, val: impl Into<Option<Duration>>) -> Self {
+        self.config.worker_keep_alive = val.into();
         self
     }
 
@@ -683,11 +697,14 @@ impl Server {
 
     /// How long to wait for the answer to a keep-alive PING before closing the
     /// connection. Only used when [`Server::http2_keep_alive_interval`] is set.
+    /// `None` waits for ever: the PINGs still go out (which keeps NATs and
+    /// proxies from dropping a quiet connection), but a client that does not
+    /// answer them is not closed for it.
     ///
     /// Default is 20 seconds (hyper's).
     #[cfg(feature = "http2")]
-    pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
-        self.config.http2.keep_alive_timeout = Some(timeout);
+    pub fn http2_keep_alive_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.http2.keep_alive_timeout = Some(timeout.into());
         self
     }
 
@@ -757,7 +774,8 @@ impl Config {
                 .timer(Timer(pool.clone()))
                 .keep_alive_interval(c.keep_alive_interval);
             if let Some(timeout) = c.keep_alive_timeout {
-                http2.keep_alive_timeout(timeout);
+                // hyper has no "off": a limit that never runs out.
+                http2.keep_alive_timeout(timeout.unwrap_or(NO_LIMIT));
             }
             http2
         };

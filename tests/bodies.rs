@@ -536,3 +536,65 @@ fn handler_lifo_slot_strands_connection_task_body_never_arrives() {
         start.elapsed()
     );
 }
+
+// --- Readers and iteration mixed on one body ------------------------------------
+
+const MIXED_LEN: usize = 1 << 20;
+
+/// Regression: a `BodyReader` kept the rest of the chunk it had taken and
+/// dropped it with itself, so a second reader, or iterating the body, went on
+/// after a gap. The handler reads 10 bytes through one reader, 7 through
+/// another, iterates the rest and echoes it all; `writes` (the body, framed as
+/// `head` says) must come back as the pattern, byte for byte.
+fn dropped_body_reader_loses_rest_of_its_chunk(head: &str, writes: Vec<Vec<u8>>) {
+    let addr = common::start(common::server(), |request: Request, _| {
+        common::echo_read_mixed(request)
+    });
+    let mut conn = RawConn::open(addr);
+    conn.send(head.as_bytes());
+    for write in writes {
+        conn.send(&write);
+    }
+    let response = conn.read_response().unwrap();
+    assert_eq!(response.status, 200, "{}", response.body_str());
+    assert_eq!(response.body.len(), MIXED_LEN);
+    common::assert_whole_pattern(&response.body);
+}
+
+/// `data` as chunked framing: chunks of `sizes` bytes in turn (the last one
+/// cut to fit), one write each, then the last chunk.
+fn chunked_writes(data: &[u8], sizes: impl Fn(usize) -> usize) -> Vec<Vec<u8>> {
+    let mut writes = Vec::new();
+    let mut sent = 0;
+    while sent < data.len() {
+        let len = sizes(writes.len()).min(data.len() - sent);
+        let mut chunk = format!("{len:x}\r\n").into_bytes();
+        chunk.extend_from_slice(&data[sent..sent + len]);
+        chunk.extend_from_slice(b"\r\n");
+        writes.push(chunk);
+        sent += len;
+    }
+    writes.push(b"0\r\n\r\n".to_vec());
+    writes
+}
+
+const CHUNKED_HEAD: &str = "POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+#[test]
+fn dropped_body_reader_loses_rest_of_its_chunk_content_length() {
+    let head = format!("POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {MIXED_LEN}\r\n\r\n");
+    dropped_body_reader_loses_rest_of_its_chunk(&head, vec![pattern_body(MIXED_LEN)]);
+}
+
+#[test]
+fn dropped_body_reader_loses_rest_of_its_chunk_one_big_chunk() {
+    let writes = chunked_writes(&pattern_body(MIXED_LEN), |_| MIXED_LEN);
+    dropped_body_reader_loses_rest_of_its_chunk(CHUNKED_HEAD, writes);
+}
+
+#[test]
+fn dropped_body_reader_loses_rest_of_its_chunk_many_small_chunks() {
+    // Chunks of 1 to 1,500 bytes.
+    let writes = chunked_writes(&pattern_body(MIXED_LEN), |i| (i * 37) % 1500 + 1);
+    dropped_body_reader_loses_rest_of_its_chunk(CHUNKED_HEAD, writes);
+}

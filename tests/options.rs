@@ -25,6 +25,21 @@ fn start(server: Server) -> SocketAddr {
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 
+/// `worker_keep_alive` used to take a plain `Duration`; with `None` the
+/// workers the pool grows to never leave, and it serves as before.
+#[test]
+fn worker_keep_alive_none_keeps_serving() {
+    let addr = start(common::server().max_workers(4).worker_keep_alive(None));
+    let sleepers: Vec<_> = (0..4)
+        .map(|_| thread::spawn(move || common::get(addr, "/sleep/200")))
+        .collect();
+    for sleeper in sleepers {
+        let response = common::join_within(sleeper, Duration::from_secs(10), "sleeper");
+        assert_eq!(response, (200, "hello".to_string()));
+    }
+    assert_eq!(common::get(addr, "/"), (200, "hello".to_string()));
+}
+
 #[test]
 fn http1_keep_alive_on_by_default_keeps_connection_open() {
     let addr = start(common::server());

@@ -121,6 +121,32 @@ fn shutdown_timeout_bounds_the_drain() {
     );
 }
 
+/// `shutdown_timeout` used to take a plain `Duration`; `None` now means no
+/// limit: the drain waits for a handler slower than any default would matter
+/// here, and its client gets the whole response.
+#[test]
+fn shutdown_timeout_none_waits_for_a_slow_handler() {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let server = server().shutdown_timeout(None);
+    let (addr, handle, serving) = start_stoppable(server, move |_req, _info| {
+        started_tx.send(()).unwrap();
+        thread::sleep(Duration::from_millis(1500));
+        Response::new(Body::new(vec![b'x'; BODY_LEN]))
+    });
+    let mut conn = RawConn::new(connect_with_timeout(addr, Duration::from_secs(10)));
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    started
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the handler started");
+    handle.shutdown();
+    let response = conn
+        .read_response()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), BODY_LEN, "the body is written in full");
+    join_within(serving, Duration::from_secs(10), "serve").unwrap();
+}
+
 #[test]
 fn shutdown_twice_before_and_after_serve_is_harmless() {
     let server = server();

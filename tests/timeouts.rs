@@ -275,6 +275,22 @@ mod http2_ping {
         assert!(closed < Duration::from_secs(3), "closed late: {closed:?}");
     }
 
+    /// `http2_keep_alive_timeout` used to take a plain `Duration`; `None`
+    /// waits for the PING's answer for ever, so the same silent peer that
+    /// `unanswered_pings_close_the_connection` closes stays connected.
+    #[test]
+    fn ping_timeout_none_keeps_a_silent_peer_open() {
+        let server = server()
+            .http2_keep_alive_interval(Duration::from_millis(200))
+            .http2_keep_alive_timeout(None);
+        let addr = start(server, hello);
+        assert_eq!(
+            unresponsive_http2_client(addr, Duration::from_millis(1500)),
+            None,
+            "with no PING timeout the unanswering peer must stay connected"
+        );
+    }
+
     #[test]
     fn without_pings_the_same_connection_stays_open() {
         let addr = start(server(), hello);
@@ -385,6 +401,28 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
     );
     assert_eq!(response.body_str(), "read 3");
+}
+
+/// Regression: the error a handler got when its body read timed out said
+/// `no data from the client for Some(300ms)`, the `Option` printed whole.
+#[test]
+fn body_read_timeout_message_printed_the_option() {
+    let server = server().body_read_timeout(Duration::from_millis(300));
+    let addr = start(server, |mut request: astra::Request, _info| {
+        let mut body = Vec::new();
+        match request.body_mut().reader().read_to_end(&mut body) {
+            Ok(n) => Response::new(Body::new(format!("read {n}"))),
+            Err(err) => Response::new(Body::new(format!("{:?}: {err}", err.kind()))),
+        }
+    });
+    let response = raw_request(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    let message = response.body_str();
+    assert!(message.starts_with("TimedOut: "), "{message}");
+    assert!(message.contains(" 300ms"), "{message}");
+    assert!(!message.contains("Some("), "{message}");
 }
 
 #[test]

@@ -70,15 +70,18 @@ impl Task {
             }
             Ok(Poll::Ready(())) => {
                 self.state.store(COMPLETE, Ordering::Release);
-                *slot = None;
+                let future = slot.take();
+                drop(slot);
+                // A finished future may still own user code: an HTTP/2
+                // stream's task keeps its response body until dropped.
+                drop_guarded(future);
             }
             Err(_) => {
                 log::error!("a connection task panicked; closing that connection");
                 self.state.store(COMPLETE, Ordering::Release);
                 let future = slot.take();
                 drop(slot);
-                // Dropping the future may panic too; keep the worker alive.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+                drop_guarded(future);
             }
         }
     }
@@ -103,6 +106,15 @@ impl Task {
                 Err(actual) => state = actual,
             }
         }
+    }
+}
+
+/// Drops a task's future. A panic there (in the `Drop` of a response body's
+/// reader, say) must not unwind out of the worker, which the pool would go on
+/// counting.
+fn drop_guarded(future: Option<BoxFuture>) {
+    if catch_unwind(AssertUnwindSafe(move || drop(future))).is_err() {
+        log::error!("dropping a connection task panicked");
     }
 }
 

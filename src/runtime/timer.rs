@@ -161,6 +161,18 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The waker first, `fired` second: `after_poll` sets `fired` before it
+        // takes the waker, so a timer firing meanwhile is either seen below or
+        // finds this waker. (Checked first, a timer firing between the check
+        // and the store took the previous waker, or none, and this one was
+        // never woken.)
+        {
+            let mut waker = sync::lock(&self.entry.waker);
+            match &mut *waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+        }
         // Once registered, only the timers decide (no clock read per poll: a
         // connection polls its deadline on every wake-up).
         let expired = self.entry.fired.load(Ordering::Acquire)
@@ -168,13 +180,6 @@ impl Future for Sleep {
         if expired {
             self.unregister();
             return Poll::Ready(());
-        }
-        {
-            let mut waker = sync::lock(&self.entry.waker);
-            match &mut *waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
         }
         if self.key.is_none() {
             let this = &mut *self;
@@ -203,6 +208,79 @@ impl Drop for Sleep {
 #[cfg(all(test, not(astra_loom)))]
 mod tests {
     use super::*;
+    use crate::runtime::pool::PoolConfig;
+    use crate::runtime::reactor::Reactor;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+    use std::thread::Thread;
+
+    /// Counts its wake-ups and unparks the thread that made it.
+    struct CountingWaker {
+        wakes: AtomicUsize,
+        thread: Thread,
+    }
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            self.thread.unpark();
+        }
+    }
+
+    impl CountingWaker {
+        fn wakes(&self) -> usize {
+            self.wakes.load(Ordering::SeqCst)
+        }
+
+        /// On the thread that made it: waits up to `limit` for a wake-up.
+        fn wait_for_wake(&self, limit: Duration) -> bool {
+            let deadline = Instant::now() + limit;
+            while self.wakes() == 0 {
+                let now = Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+            true
+        }
+    }
+
+    fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+        let count = Arc::new(CountingWaker {
+            wakes: AtomicUsize::new(0),
+            thread: std::thread::current(),
+        });
+        (count.clone(), Waker::from(count))
+    }
+
+    /// A pool whose poller fires the timers of the sleeps made on it.
+    fn test_pool() -> Pool {
+        let config = PoolConfig {
+            max_workers: 1,
+            keep_alive: Duration::from_secs(1),
+        };
+        Pool::start(Reactor::new().unwrap(), config).unwrap()
+    }
+
+    /// Waits until thread `tid` of this process sleeps in the kernel.
+    fn wait_until_blocked(tid: libc::pid_t) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            // The state follows the command name, which may contain spaces.
+            let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+            if state == Some('S') {
+                return;
+            }
+            assert!(Instant::now() < deadline, "thread {tid} never blocked");
+            std::thread::yield_now();
+        }
+    }
 
     #[test]
     fn dropped_timers_leave_no_entry() {
@@ -233,16 +311,116 @@ mod tests {
     #[test]
     fn expired_timers_fire_in_order_and_wake() {
         let timers = Timers::default();
-        let past = Instant::now() - Duration::from_millis(1);
-        let fired = Arc::new(Entry::default());
-        let pending = Arc::new(Entry::default());
-        timers.insert((past, 1), fired.clone());
-        timers.insert((past + Duration::from_secs(60), 2), pending.clone());
+        let now = Instant::now();
+        // Inserted out of deadline order: 3, 1 and 2 ms ago, and one to come.
+        let entries: Vec<_> = [3, 1, 2, 0]
+            .into_iter()
+            .enumerate()
+            .map(|(id, ago)| {
+                let (count, waker) = counting_waker();
+                let entry = Arc::new(Entry::default());
+                *entry.waker.lock().unwrap() = Some(waker.clone());
+                let deadline = match ago {
+                    0 => now + Duration::from_secs(60),
+                    ago => now - Duration::from_millis(ago),
+                };
+                timers.insert((deadline, id as u64), entry.clone());
+                (ago, entry, count, waker)
+            })
+            .collect();
         let mut wakers = Vec::new();
         timers.after_poll(&mut wakers);
-        assert!(fired.fired.load(Ordering::Acquire));
-        assert!(!pending.fired.load(Ordering::Acquire));
+        let order: Vec<u64> = wakers
+            .iter()
+            .map(|w| entries.iter().find(|e| e.3.will_wake(w)).unwrap().0)
+            .collect();
+        assert_eq!(order, [3, 2, 1], "fired out of deadline order");
+        for waker in wakers {
+            waker.wake();
+        }
+        for (ago, entry, count, _) in &entries {
+            let fired = *ago > 0;
+            assert_eq!(entry.fired.load(Ordering::Acquire), fired, "{ago} ms ago");
+            assert_eq!(count.wakes(), usize::from(fired), "{ago} ms ago");
+        }
         assert_eq!(timers.len(), 1);
+    }
+
+    #[test]
+    fn sleep_is_woken_at_its_deadline_and_never_completes_before() {
+        let pool = test_pool();
+        for wait in [1, 20, 100] {
+            let deadline = Instant::now() + Duration::from_millis(wait);
+            let mut sleep = Timer(pool.clone()).sleep_until(deadline);
+            // Polled again with another waker: that one is woken, not the first.
+            let (first, first_waker) = counting_waker();
+            let (second, second_waker) = counting_waker();
+            let mut ready = false;
+            for waker in [&first_waker, &second_waker] {
+                ready = Pin::new(&mut sleep)
+                    .poll(&mut Context::from_waker(waker))
+                    .is_ready();
+                if ready {
+                    break;
+                }
+            }
+            if !ready {
+                assert!(
+                    second.wait_for_wake(Duration::from_secs(5)),
+                    "a {wait} ms sleep was not woken within 5 s"
+                );
+                let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(&second_waker));
+                assert!(poll.is_ready(), "woken but still pending");
+                assert_eq!(first.wakes(), 0, "the replaced waker was woken");
+            }
+            let now = Instant::now();
+            assert!(
+                now >= deadline,
+                "a {wait} ms sleep completed {:?} early",
+                deadline - now
+            );
+        }
+        pool.shutdown();
+    }
+
+    /// Regression: `Sleep::poll` read `fired` before it stored its waker, so a
+    /// timer firing in between took the previous waker (or none) and the new
+    /// one was never woken: the sleeping task missed its deadline for good.
+    ///
+    /// The fire is made to land in that very spot: the test holds the entry's
+    /// waker lock, so the poll stops there (after the check, in the old order),
+    /// and fires the entry, as `after_poll` does, once the polling thread is
+    /// blocked on the lock.
+    #[test]
+    fn sleep_checking_fired_before_storing_its_waker_loses_the_wake_up() {
+        let pool = test_pool();
+        let mut sleep = Timer(pool.clone()).sleep_until(Instant::now() + Duration::from_secs(60));
+        let (_, first_waker) = counting_waker();
+        let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(&first_waker));
+        assert!(poll.is_pending());
+        let entry = sleep.entry.clone();
+        let key = sleep.key.expect("registered by the first poll");
+        let mut held = entry.waker.lock().unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let poller = std::thread::spawn(move || {
+            let (second, second_waker) = counting_waker();
+            // SAFETY: gettid(2) has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(&second_waker));
+            poll.is_ready() || second.wait_for_wake(Duration::from_secs(2))
+        });
+        wait_until_blocked(tid_rx.recv().unwrap());
+        // What `after_poll` does for an expired entry.
+        pool.reactor().timers().remove(&key);
+        entry.fired.store(true, Ordering::Release);
+        let taken = held.take();
+        drop(held);
+        taken.expect("the first poll's waker").wake();
+        assert!(
+            poller.join().unwrap(),
+            "the timer fired during the poll, which neither completed nor got woken"
+        );
+        pool.shutdown();
     }
 
     #[test]

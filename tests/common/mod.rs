@@ -640,6 +640,37 @@ pub fn check_pattern(offset: u64, chunk: &[u8]) {
     }
 }
 
+/// Echoes a request body read three ways in turn: 10 bytes through one
+/// `BodyReader`, 7 through a second, then the rest by iterating the body.
+/// A read error gets a 400 naming it.
+pub fn echo_read_mixed(mut request: astra::Request) -> astra::Response {
+    let body = request.body_mut();
+    let mut echo = vec![0; 10];
+    let mut second = [0; 7];
+    let read = body
+        .reader()
+        .read_exact(&mut echo)
+        .and_then(|()| body.reader().read_exact(&mut second));
+    if let Err(err) = read {
+        return bad_request(format!("reading the first 17 bytes: {err}"));
+    }
+    echo.extend_from_slice(&second);
+    for chunk in body {
+        match chunk {
+            Ok(bytes) => echo.extend_from_slice(&bytes),
+            Err(err) => return bad_request(format!("iterating the rest: {err}")),
+        }
+    }
+    astra::Response::new(astra::Body::new(echo))
+}
+
+fn bad_request(message: String) -> astra::Response {
+    astra::ResponseBuilder::new()
+        .status(400)
+        .body(astra::Body::new(message))
+        .unwrap()
+}
+
 /// Asserts that `body` is the whole pattern from offset 0, byte for byte.
 pub fn assert_whole_pattern(body: &[u8]) {
     if let Some(at) = (0..body.len()).find(|&i| body[i] != pattern(i as u64)) {
