@@ -241,6 +241,22 @@ impl Pool {
         }
     }
 
+    /// Makes sure some thread polls the reactor soon: a timer was set while
+    /// nobody was blocked in it. Cheap when a free worker is awake (it polls
+    /// once it runs out of tasks).
+    pub(crate) fn ensure_poller(&self) {
+        let shared = &self.0;
+        let mut state = shared.lock();
+        if state.polling != Polling::No || state.free_awake() > 0 {
+            return;
+        }
+        let start = shared.find_runner(&mut state, true);
+        drop(state);
+        if start {
+            shared.start_worker();
+        }
+    }
+
     /// Stops the pool's threads once they have nothing left to do, and waits
     /// up to `wait` for them to exit. Returns how many are still running (in
     /// user code that has not returned).

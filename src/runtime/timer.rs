@@ -78,13 +78,13 @@ impl Timers {
 
     /// Inserts a deadline; returns whether the poller must be interrupted to
     /// honour it.
-    fn insert(&self, key: Key, entry: Arc<Entry>) -> bool {
+    fn insert(&self, key: Key, entry: Arc<Entry>) -> Poller {
         let mut state = self.lock();
         state.entries.insert(key, entry);
         match state.poller_deadline {
-            Some(Some(wake_at)) => key.0 < wake_at,
-            Some(None) => true,
-            None => false,
+            Some(Some(wake_at)) if key.0 >= wake_at => Poller::WakesInTime,
+            Some(_) => Poller::MustBeInterrupted,
+            None => Poller::Absent,
         }
     }
 
@@ -102,6 +102,17 @@ impl Timers {
     fn len(&self) -> usize {
         self.lock().entries.len()
     }
+}
+
+/// What a new deadline needs from the thread that polls the reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Poller {
+    /// It sleeps until this deadline or sooner.
+    WakesInTime,
+    /// It sleeps past this deadline: interrupt it.
+    MustBeInterrupted,
+    /// Nobody is blocked in the reactor right now.
+    Absent,
 }
 
 /// The pool's timer, as hyper sees it.
@@ -189,8 +200,13 @@ impl Future for Sleep {
                 timers.next_id.fetch_add(1, Ordering::Relaxed),
             );
             this.key = Some(key);
-            if timers.insert(key, this.entry.clone()) {
-                this.pool.reactor().wake_driver();
+            match timers.insert(key, this.entry.clone()) {
+                Poller::WakesInTime => {}
+                Poller::MustBeInterrupted => this.pool.reactor().wake_driver(),
+                // Usually a worker busy with tasks, which polls when done; but
+                // on an idle pool (a plain thread polling a sleep) someone
+                // must be told to.
+                Poller::Absent => this.pool.ensure_poller(),
             }
         }
         Poll::Pending
@@ -262,9 +278,9 @@ mod tests {
     fn test_pool() -> Pool {
         let config = PoolConfig {
             max_workers: 1,
-            keep_alive: Duration::from_secs(1),
+            keep_alive: Some(Duration::from_secs(1)),
         };
-        Pool::start(Reactor::new().unwrap(), config).unwrap()
+        Pool::new(Reactor::new().unwrap(), config)
     }
 
     /// Waits until thread `tid` of this process sleeps in the kernel.
@@ -380,7 +396,7 @@ mod tests {
                 deadline - now
             );
         }
-        pool.shutdown();
+        pool.shutdown(Duration::from_secs(5));
     }
 
     /// Regression: `Sleep::poll` read `fired` before it stored its waker, so a
@@ -420,7 +436,7 @@ mod tests {
             poller.join().unwrap(),
             "the timer fired during the poll, which neither completed nor got woken"
         );
-        pool.shutdown();
+        pool.shutdown(Duration::from_secs(5));
     }
 
     #[test]
@@ -428,8 +444,14 @@ mod tests {
         let timers = Timers::default();
         timers.before_poll(Some(Duration::from_secs(10)));
         let early = (Instant::now() + Duration::from_millis(5), 1);
-        assert!(timers.insert(early, Arc::new(Entry::default())));
+        assert_eq!(
+            timers.insert(early, Arc::new(Entry::default())),
+            Poller::MustBeInterrupted
+        );
         let late = (Instant::now() + Duration::from_secs(60), 2);
-        assert!(!timers.insert(late, Arc::new(Entry::default())));
+        assert_eq!(
+            timers.insert(late, Arc::new(Entry::default())),
+            Poller::WakesInTime
+        );
     }
 }
