@@ -395,9 +395,13 @@ impl Server {
     }
 
     /// How long a graceful shutdown waits for requests in flight to finish.
-    /// Connections still open then are closed, mid-request or not. `None`
-    /// waits for ever: `serve` returns once every request in flight has been
-    /// answered, however long its handler takes.
+    /// Connections still open then are closed, mid-request or not, and `serve`
+    /// waits up to one more second for their handlers to return; a handler
+    /// that has not returned by then goes on running on its worker thread after
+    /// `serve` returns, until it does (nothing else runs: no connection is
+    /// served, no handler starts). `None` waits for ever: `serve` returns once
+    /// every request in flight has been answered, however long its handler
+    /// takes.
     ///
     /// Default is 30 seconds.
     pub fn shutdown_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {

@@ -121,6 +121,40 @@ fn shutdown_timeout_bounds_the_drain() {
     );
 }
 
+/// `serve` used to return while handlers still ran on detached threads. Now,
+/// after the drain runs out, it waits (up to a second) for the handlers whose
+/// connections it closed: a handler that returns within that grace has
+/// returned when `serve` does.
+#[test]
+fn serve_returned_while_handlers_still_ran_on_detached_threads() {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let done = finished.clone();
+    let server = server().shutdown_timeout(Duration::from_millis(100));
+    let (addr, handle, serving) = start_stoppable(server, move |_req, _info| {
+        started_tx.send(()).unwrap();
+        thread::sleep(Duration::from_millis(600));
+        done.fetch_add(1, Ordering::SeqCst);
+        Response::new(Body::new("late"))
+    });
+    let mut stream = connect_with_timeout(addr, Duration::from_secs(10));
+    stream
+        // With a body, so the handler runs apart from its connection, which
+        // the shutdown timeout then closes under it.
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    started
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the handler started");
+    handle.shutdown();
+    join_within(serving, Duration::from_secs(5), "serve").unwrap();
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "the handler had returned when serve did"
+    );
+}
+
 /// `shutdown_timeout` used to take a plain `Duration`; `None` now means no
 /// limit: the drain waits for a handler slower than any default would matter
 /// here, and its client gets the whole response.
