@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame, SizeHint};
 
 use crate::runtime::park;
-use crate::runtime::pool::{self, UserCall};
+use crate::runtime::pool::{self, Pool, UserCall};
 
 /// An HTTP request from a client, with a streaming [`Body`].
 pub type Request = http::Request<Body>;
@@ -76,7 +76,7 @@ enum Kind {
     Full(Option<Bytes>),
     /// A request body arriving from the connection, and how long a read may
     /// wait for the next chunk.
-    Incoming(hyper::body::Incoming, Option<Duration>),
+    Incoming(hyper::body::Incoming, Option<Duration>, Pool),
     /// A response streamed from a blocking reader.
     Reader(ReaderState),
 }
@@ -173,9 +173,15 @@ impl Body {
         BodyReader { body: self }
     }
 
-    pub(crate) fn incoming(incoming: hyper::body::Incoming, timeout: Option<Duration>) -> Body {
+    /// A request body fed by a connection task of `pool`, which a read that
+    /// must wait helps if no worker can (see `park::block_on_timeout`).
+    pub(crate) fn incoming(
+        incoming: hyper::body::Incoming,
+        timeout: Option<Duration>,
+        pool: Pool,
+    ) -> Body {
         Body {
-            kind: Kind::Incoming(incoming, timeout),
+            kind: Kind::Incoming(incoming, timeout, pool),
             leftover: Bytes::new(),
         }
     }
@@ -235,9 +241,9 @@ impl Iterator for Body {
             Kind::Reader(ReaderState::Failed) => {
                 Some(Err(io::Error::other("response body reader panicked")))
             }
-            Kind::Incoming(incoming, timeout) => loop {
+            Kind::Incoming(incoming, timeout, pool) => loop {
                 let next = std::future::poll_fn(|cx| Pin::new(&mut *incoming).poll_frame(cx));
-                let Some(frame) = park::block_on_timeout(next, *timeout) else {
+                let Some(frame) = park::block_on_timeout(next, *timeout, Some(pool)) else {
                     // Only a timeout that is set runs out.
                     let waited = timeout.unwrap_or_default();
                     return Some(Err(io::Error::new(
@@ -338,7 +344,7 @@ impl http_body::Body for Body {
         }
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Incoming(incoming, _) => {
+            Kind::Incoming(incoming, ..) => {
                 Pin::new(incoming).poll_frame(cx).map_err(io::Error::other)
             }
             Kind::Reader(state) => state
@@ -353,7 +359,7 @@ impl http_body::Body for Body {
         }
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Incoming(incoming, _) => incoming.is_end_stream(),
+            Kind::Incoming(incoming, ..) => incoming.is_end_stream(),
             Kind::Reader(_) => false,
         }
     }
@@ -362,7 +368,7 @@ impl http_body::Body for Body {
         let leftover = self.leftover.len() as u64;
         let mut hint = match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Incoming(incoming, _) => incoming.size_hint(),
+            Kind::Incoming(incoming, ..) => incoming.size_hint(),
             Kind::Reader(_) => SizeHint::default(),
         };
         if leftover > 0 {

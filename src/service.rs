@@ -131,7 +131,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
         let in_flight = Some(self.activity.request_started());
         let may_inline = may_run_inline(&request);
-        let request = request.map(|incoming| Body::incoming(incoming, self.body_read_timeout));
+        let request = request
+            .map(|incoming| Body::incoming(incoming, self.body_read_timeout, self.pool.clone()));
         let method = request.method().clone();
         let uri = request.uri().clone();
         let service = self.service.clone();

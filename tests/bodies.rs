@@ -598,3 +598,33 @@ fn dropped_body_reader_loses_rest_of_its_chunk_many_small_chunks() {
     let writes = chunked_writes(&pattern_body(MIXED_LEN), |i| (i * 37) % 1500 + 1);
     dropped_body_reader_loses_rest_of_its_chunk(CHUNKED_HEAD, writes);
 }
+
+/// The one worker waits (joins) while a thread of the handler's own reads the
+/// body: no worker is free to run the connection that feeds it, so the
+/// reading thread must run it itself.
+#[test]
+fn body_read_on_a_users_own_thread_with_every_worker_busy() {
+    let server = common::server().max_workers(1);
+    let addr = common::start(server, |mut request: Request, _info| {
+        let body = std::mem::take(request.body_mut());
+        let reader = thread::spawn(move || {
+            let mut body = body;
+            let mut data = Vec::new();
+            body.reader().read_to_end(&mut data).map(|_| data)
+        });
+        match reader.join().expect("reader thread") {
+            Ok(data) => Response::new(Body::new(expected(&data))),
+            Err(err) => Response::new(Body::new(format!("error: {err}"))),
+        }
+    });
+    let body = pattern_body(3 << 20);
+    let want = expected(&body);
+    let got = common::within(Duration::from_secs(20), "upload", move || {
+        let mut response = common::agent()
+            .post(&common::url(addr, "/"))
+            .send(&body[..])
+            .unwrap();
+        response.body_mut().read_to_string().unwrap()
+    });
+    assert_eq!(got, want);
+}

@@ -117,12 +117,13 @@ impl Wake for Parker {
 
 /// Polls `future` on the current thread until it completes, waiting between
 /// polls. The future's wake-ups come from other threads, or from the work this
-/// thread does meanwhile: on a pool worker (a handler reading its body) the
-/// wait runs connection tasks and polls the reactor when no other worker can,
-/// so a body always arrives, even with every worker inside a handler.
+/// thread does meanwhile: on a pool worker (a handler reading its body), or on
+/// any thread given the `pool` the future depends on, the wait runs that
+/// pool's tasks and polls its reactor when no worker is free to, so a body
+/// always arrives, even with every worker inside a handler.
 #[cfg(test)]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    match block_on_timeout(future, None) {
+    match block_on_timeout(future, None, None) {
         Some(output) => output,
         None => unreachable!("no timeout was given"),
     }
@@ -133,6 +134,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
 pub(crate) fn block_on_timeout<F: Future>(
     future: F,
     timeout: Option<Duration>,
+    pool: Option<&Pool>,
 ) -> Option<F::Output> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut future = pin!(future);
@@ -145,7 +147,7 @@ pub(crate) fn block_on_timeout<F: Future>(
         if let Poll::Ready(output) = pool::poll_and_help(|| future.as_mut().poll(&mut cx)) {
             return Some(output);
         }
-        if !pool::wait_for_wake(&parker, deadline) {
+        if !pool::wait_for_wake(&parker, deadline, pool) {
             return None;
         }
     }
@@ -203,7 +205,7 @@ mod tests {
     fn block_on_timeout_gives_up_at_the_deadline() {
         let state = Arc::new(Mutex::new((None, None::<Waker>)));
         let started = std::time::Instant::now();
-        let result = block_on_timeout(Handoff { state }, Some(Duration::from_millis(50)));
+        let result = block_on_timeout(Handoff { state }, Some(Duration::from_millis(50)), None);
         assert_eq!(result, None);
         assert!(started.elapsed() >= Duration::from_millis(50));
     }

@@ -223,21 +223,15 @@ impl Pool {
     }
 
     /// Blocks the calling thread, which is not a pool worker, until `future`
-    /// completes. While no worker can, the thread polls the reactor itself, so
-    /// the future's I/O makes progress even in a pool with no worker at all;
-    /// otherwise it sleeps until the future's waker fires. Nothing wakes it
-    /// periodically.
+    /// completes. While no worker can, the thread runs the pool's tasks and
+    /// polls the reactor itself, so the future's I/O makes progress even in a
+    /// pool with no worker at all; otherwise it sleeps until the future's
+    /// waker fires. Nothing wakes it periodically.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
-        let parker = Parker::new();
-        let waker = Waker::from(parker.clone());
-        let mut cx = TaskContext::from_waker(&waker);
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            self.0.wait_once(&parker, None, false);
+        match super::park::block_on_timeout(future, None, Some(self)) {
+            Some(output) => output,
+            None => unreachable!("no timeout was given"),
         }
     }
 
@@ -464,25 +458,20 @@ impl Shared {
     }
 
     /// One step of waiting for `parker` to be unparked (or `deadline`), for a
-    /// thread that waits inside user code (a worker, `runs_tasks`) or outside
-    /// the pool. If no worker is free to do it, the thread does the pool's
-    /// work meanwhile: runs one queued task (workers only), or polls the
-    /// reactor until its own wake-up or an event. Otherwise it parks, listed
-    /// as a helper that `grow` can wake. Returns false once `deadline` has
-    /// passed; true means "poll your future again".
-    fn wait_once(
-        self: &Arc<Self>,
-        parker: &Arc<Parker>,
-        deadline: Option<Instant>,
-        runs_tasks: bool,
-    ) -> bool {
+    /// thread that waits inside user code (a worker) or outside the pool. If
+    /// no worker is free to do it, the thread does the pool's work meanwhile:
+    /// runs one queued task (tasks never block), or polls the reactor until
+    /// its own wake-up or an event. Otherwise it parks, listed as a helper
+    /// that `grow` can wake. Returns false once `deadline` has passed; true
+    /// means "poll your future again".
+    fn wait_once(self: &Arc<Self>, parker: &Arc<Parker>, deadline: Option<Instant>) -> bool {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // One last poll if a wake-up came in at the very end.
             return parker.take();
         }
         let mut state = self.lock();
         let nobody_else = state.free_awake() == 0;
-        if nobody_else && runs_tasks {
+        if nobody_else {
             if let Some(task) = state.tasks.pop_front() {
                 drop(state);
                 run(Runnable::Task(task));
@@ -498,9 +487,7 @@ impl Shared {
                 state.polling = Polling::Helper;
                 drop(state);
                 let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if runs_tasks {
-                    set_batch(Some(Vec::new()));
-                }
+                set_batch(Some(Vec::new()));
                 self.reactor.turn(&mut driver, timeout, || {
                     parker.stop_polling();
                     self.lock().polling = Polling::No;
@@ -751,12 +738,18 @@ where
 }
 
 /// Waits until `parker` is unparked or `deadline` passes (then returns
-/// false). On a pool worker this helps the pool meanwhile (see
-/// `Shared::wait_once`); elsewhere it just parks.
-pub(crate) fn wait_for_wake(parker: &Arc<Parker>, deadline: Option<Instant>) -> bool {
-    let helping = with_context(|cx| cx.filter(|cx| cx.in_user.get()).map(|cx| cx.shared.clone()));
+/// false). A worker inside user code helps its pool meanwhile, and so does
+/// any other thread that names the `pool` it waits on (see
+/// `Shared::wait_once`); a thread that names none just parks.
+pub(crate) fn wait_for_wake(
+    parker: &Arc<Parker>,
+    deadline: Option<Instant>,
+    pool: Option<&Pool>,
+) -> bool {
+    let helping = with_context(|cx| cx.filter(|cx| cx.in_user.get()).map(|cx| cx.shared.clone()))
+        .or_else(|| pool.map(|pool| pool.0.clone()));
     match helping {
-        Some(shared) => shared.wait_once(parker, deadline, true),
+        Some(shared) => shared.wait_once(parker, deadline),
         None => parker.park(deadline),
     }
 }
