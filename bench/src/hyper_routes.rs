@@ -121,7 +121,7 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handler(req));
+            let service = hyper::service::service_fn(handler);
             let builder = auto::Builder::new(TokioExecutor::new());
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)

@@ -25,7 +25,9 @@ pub static ONE_K: [u8; 1024] = [b'x'; 1024];
 
 /// The listen address: argv[1], or [`DEFAULT_ADDR`].
 pub fn listen_addr() -> String {
-    std::env::args().nth(1).unwrap_or_else(|| DEFAULT_ADDR.to_string())
+    std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string())
 }
 
 /// Which route a request is for.

@@ -111,10 +111,11 @@ fn main() -> io::Result<()> {
                                 conns.push(None);
                                 conns.len() - 1
                             });
-                            if let Err(err) =
-                                poll.registry()
-                                    .register(&mut stream, Token(slot), Interest::READABLE)
-                            {
+                            if let Err(err) = poll.registry().register(
+                                &mut stream,
+                                Token(slot),
+                                Interest::READABLE,
+                            ) {
                                 eprintln!("register: {err}");
                                 free.push(slot);
                                 continue;
@@ -143,10 +144,8 @@ fn main() -> io::Result<()> {
             let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            let keep = match conn.ready(&mut buf) {
-                Ok(keep) => keep,
-                Err(_) => false,
-            };
+            // An error finishes the connection, as an end of input does.
+            let keep = conn.ready(&mut buf).unwrap_or(false);
             if !keep {
                 if let Some(mut conn) = conns[slot].take() {
                     let _ = poll.registry().deregister(&mut conn.stream);
