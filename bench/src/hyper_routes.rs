@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use astra_bench::{route, Route, HELLO, ONE_K, SLEEP};
+use astra_bench::{route, Route, HELLO, ONE_K};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -21,14 +21,14 @@ fn text(status: StatusCode, body: Bytes) -> Reply {
     response
 }
 
-/// The routes, async flavour: `/sleep` awaits a tokio timer.
+/// The routes, async flavour: the sleeping routes await a tokio timer.
 #[allow(dead_code)]
 async fn handle_async(request: Request<Incoming>) -> Result<Reply, Infallible> {
     let which = route(request.method().as_str(), request.uri().path());
     Ok(match which {
         Route::Hello => text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes())),
-        Route::Sleep => {
-            tokio::time::sleep(SLEEP).await;
+        Route::Sleep(how_long) => {
+            tokio::time::sleep(how_long).await;
             text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes()))
         }
         Route::OneK => text(StatusCode::OK, Bytes::from_static(&ONE_K)),
@@ -60,8 +60,8 @@ async fn handle_async(request: Request<Incoming>) -> Result<Reply, Infallible> {
 fn handle_blocking(request: Request<Incoming>, runtime: tokio::runtime::Handle) -> Reply {
     match route(request.method().as_str(), request.uri().path()) {
         Route::Hello => text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes())),
-        Route::Sleep => {
-            std::thread::sleep(SLEEP);
+        Route::Sleep(how_long) => {
+            std::thread::sleep(how_long);
             text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes()))
         }
         Route::OneK => text(StatusCode::OK, Bytes::from_static(&ONE_K)),
