@@ -1,5 +1,5 @@
-// Shared pieces of the two hyper + tokio servers, included by `hyper_tokio` and
-// `hyper_blocking`.
+// Shared pieces of the hyper + tokio servers, included by `hyper_tokio`,
+// `hyper_tokio_64k` and `hyper_blocking`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -88,8 +88,10 @@ fn handle_blocking(request: Request<Incoming>, runtime: tokio::runtime::Handle) 
 }
 
 /// The idiomatic accept loop: one tokio task per connection, served by
-/// hyper-util's auto (HTTP/1 + HTTP/2 prior knowledge) builder.
-async fn accept_loop<F, Fut>(handler: F)
+/// hyper-util's auto (HTTP/1 + HTTP/2 prior knowledge) builder, at hyper's
+/// defaults except, if given, the HTTP/1 read buffer's cap
+/// (`http1().max_buf_size`).
+async fn accept_loop<F, Fut>(handler: F, http1_max_buf_size: Option<usize>)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Reply, Infallible>> + Send + 'static,
@@ -122,7 +124,10 @@ where
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(handler);
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if let Some(max) = http1_max_buf_size {
+                builder.http1().max_buf_size(max);
+            }
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
