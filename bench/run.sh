@@ -5,9 +5,11 @@
 #   bench/run.sh S1 S3           # some scenarios
 #   QUICK=1 bench/run.sh         # smoke run: 1 repetition, 3 s durations
 #   SERVERS="ours hyper_tokio" bench/run.sh S2
+#   PIN=1 bench/run.sh S1        # servers on CPU 0, load tools on CPU 1
 #
-# Environment: QUICK, REPS, DUR (seconds), SERVERS, S3_CONNS, S4_N, S6_SECS,
-# S6_REPS, UPLOAD_SIZE (for S5's big upload, a `head -c` size), LOGDIR.
+# Environment: QUICK, REPS, DUR (seconds), SERVERS, PIN, PIN_SERVER_CPUS,
+# PIN_LOAD_CPUS, S3_CONNS, S4_N, S6_SECS, S6_REPS, UPLOAD_SIZE (for S5's big
+# upload, a `head -c` size), LOGDIR.
 #
 # Every step is bounded with `timeout`; a server that fails or hangs gets
 # "failed: why" in its cell and the run goes on.
@@ -36,6 +38,30 @@ SERVERS=${SERVERS:-"ours hyper_tokio hyper_blocking astra04 tiny_http limit"}
 SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7"}
 REFERENCE=hyper_tokio
 
+# Pinned mode: every server runs under `taskset -c $PIN_SERVER_CPUS`, every load
+# tool (and this script) under `taskset -c $PIN_LOAD_CPUS`, so that neither
+# takes the other's core and ratios are per core. Shared mode (the default):
+# no pinning, all of them share all cores.
+PIN=${PIN:-0}
+PIN_SERVER_CPUS=${PIN_SERVER_CPUS:-0}
+PIN_LOAD_CPUS=${PIN_LOAD_CPUS:-1}
+SRV=()  # prefix for servers
+LOAD=() # prefix for load tools
+if [ "$PIN" = 1 ]; then
+    if ! command -v taskset >/dev/null; then
+        echo "PIN=1 needs taskset (util-linux)" >&2
+        exit 1
+    fi
+    for cpus in "$PIN_SERVER_CPUS" "$PIN_LOAD_CPUS"; do
+        if ! taskset -c "$cpus" true 2>/dev/null; then
+            echo "PIN=1: cannot run on CPU(s) $cpus (this machine has $(nproc))" >&2
+            exit 1
+        fi
+    done
+    SRV=(taskset -c "$PIN_SERVER_CPUS")
+    LOAD=(taskset -c "$PIN_LOAD_CPUS")
+fi
+
 declare -A PORT=(
     [ours]=18081 [hyper_tokio]=18082 [hyper_blocking]=18083
     [astra04]=18084 [tiny_http]=18085 [limit]=18086
@@ -46,6 +72,7 @@ declare -A NO_H2=([tiny_http]=1 [limit]=1)
 # where that is the request: S1, and S3 (idle connections).
 declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1)
 
+# Counted before the driver pins itself (PIN=1), after which nproc says 1.
 CORES=$(nproc)
 MAX_WORKERS=$((15 * CORES))
 BIN="$HERE/target/release"
@@ -103,7 +130,7 @@ start_server() {
         echo "port $port still in use"
         return 1
     fi
-    "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
+    "${SRV[@]}" "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
     SERVER_PID=$!
     local deadline=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -113,7 +140,7 @@ start_server() {
             SERVER_PID=""
             return 1
         fi
-        if [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; then
+        if [ "$("${LOAD[@]}" curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; then
             return 0
         fi
         sleep 0.1
@@ -226,7 +253,7 @@ table() {
 run_wrk() {
     local out=$1
     shift
-    timeout -k 5 $((DUR + 30)) wrk --latency -d "${DUR}s" "$@" >"$out" 2>&1
+    timeout -k 5 $((DUR + 30)) "${LOAD[@]}" wrk --latency -d "${DUR}s" "$@" >"$out" 2>&1
 }
 
 # parse_wrk FILE STATUS: prints "rps p99_ms errors requests", or "failed: why".
@@ -268,7 +295,7 @@ wrk_scenario() {
     # wrk counts no error for a connection the server never serves; a new
     # client's request half-way through the run shows that kind of starvation.
     sleep "$(awk -v d="$DUR" 'BEGIN { print d / 2 }')"
-    probe=$(curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)")
+    probe=$("${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)")
     wait "$wp"
     status=$?
     if [[ $probe == "200 "* ]]; then
@@ -302,7 +329,7 @@ s3() {
     local server=$1 out base hp i rss threads opened latency stalled per
     out="$LOGDIR/S3.$server.$(date +%s%N).out"
     base=$(proc_field "$SERVER_PID" VmRSS)
-    timeout -k 5 150 "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$S3_CONNS" 60 >"$out" 2>&1 &
+    timeout -k 5 150 "${LOAD[@]}" "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$S3_CONNS" 60 >"$out" 2>&1 &
     hp=$!
     for i in $(seq 1200); do
         grep -q '^holding' "$out" && break
@@ -347,7 +374,7 @@ s4() {
         return
     fi
     out="$LOGDIR/S4.$server.$(date +%s%N).h2load"
-    timeout -k 5 120 h2load -N 5 -n "$S4_N" -c 16 -m 32 "$(url "$server" /)" >"$out" 2>&1
+    timeout -k 5 120 "${LOAD[@]}" h2load -N 5 -n "$S4_N" -c 16 -m 32 "$(url "$server" /)" >"$out" 2>&1
     status=$?
     local parsed
     parsed=$(awk -v status="$status" -v n="$S4_N" '
@@ -371,7 +398,7 @@ s5_upload() {
     # A server that cannot take a 1 MiB body would only make the big upload wait
     # out its whole limit.
     head -c 1048576 /dev/zero >"$LOGDIR/.1mib"
-    answer=$(timeout -k 2 15 curl -sS -m 10 -H 'Expect:' --data-binary @"$LOGDIR/.1mib" \
+    answer=$(timeout -k 2 15 "${LOAD[@]}" curl -sS -m 10 -H 'Expect:' --data-binary @"$LOGDIR/.1mib" \
         "$(url "$server" /echo)" 2>&1)
     if [ "$answer" != 1048576 ]; then
         [ -z "$answer" ] || [[ $answer == *"timed out"* ]] && answer="no answer in 10 s"
@@ -381,8 +408,8 @@ s5_upload() {
     base=$(proc_field "$SERVER_PID" VmRSS)
     # `Expect:` is cleared so curl streams at once instead of waiting up to 1 s
     # for a 100 Continue; the body is sent chunked, as read from the pipe.
-    head -c "$UPLOAD_SIZE" /dev/zero |
-        timeout -k 5 130 curl -sS -m 120 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+    "${LOAD[@]}" head -c "$UPLOAD_SIZE" /dev/zero |
+        timeout -k 5 130 "${LOAD[@]}" curl -sS -m 120 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
             -T - -X POST -o "$out.body" -w '%{time_total}' "$(url "$server" /echo)" >"$out" 2>&1
     status=$?
     peak=$(proc_field "$SERVER_PID" VmHWM)
@@ -407,14 +434,14 @@ s5_upload() {
 s6() {
     local server=$1 out start next i probes=0 answered=0 code sh
     out="$LOGDIR/S6.$server.$(date +%s%N)"
-    timeout -k 5 $((S6_SECS + 60)) slowhttptest -c 1000 -H -i 10 -r 200 -l "$S6_SECS" \
+    timeout -k 5 $((S6_SECS + 60)) "${LOAD[@]}" slowhttptest -c 1000 -H -i 10 -r 200 -l "$S6_SECS" \
         -u "$(url "$server" /)" >"$out.slowhttptest" 2>&1 &
     sh=$!
     start=$(date +%s)
     for ((i = 1; i * 5 <= S6_SECS; i++)); do
         next=$((start + 5 * i))
         while [ "$(date +%s)" -lt "$next" ]; do sleep 0.2; done
-        code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$(url "$server" /)")
+        code=$("${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code}' "$(url "$server" /)")
         probes=$((probes + 1))
         [ "$code" = 200 ] && answered=$((answered + 1))
         echo "probe $i at +$((5 * i))s: $code" >>"$out.probes"
@@ -565,13 +592,20 @@ lock_version() {
 header() {
     echo "## Run of $STARTED to $(date -u +%H:%M) UTC"
     echo
-    echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
+    echo "- machine: $CORES cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
         "$(uname -sr); load average before: $LOAD_BEFORE"
     echo "- $(rustc --version); crates (bench/Cargo.lock): hyper $(lock_version hyper)," \
         "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra) (astra04, ours)," \
         "tiny_http $(lock_version tiny_http), mio $(lock_version mio)"
     echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
         "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null)"
+    if [ "$PIN" = 1 ]; then
+        echo "- mode: pinned (PIN=1): every server under \`taskset -c $PIN_SERVER_CPUS\`, every load tool" \
+            "and the driver under \`taskset -c $PIN_LOAD_CPUS\`; servers size themselves from their" \
+            "affinity mask ($(taskset -c "$PIN_SERVER_CPUS" nproc) CPU(s)); ratios are per core"
+    else
+        echo "- mode: shared (PIN=0): servers and load tools unpinned, sharing all $CORES cores"
+    fi
     echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
         "S3 $S3_CONNS connections, S4 $S4_N requests; every server fresh for every repetition;" \
         "ratios are to $REFERENCE in this run (for latency, threads, RSS and time: lower is better)"
@@ -602,6 +636,12 @@ main() {
     install_tools
     build
     raise_fd_limit
+    if [ "$PIN" = 1 ]; then
+        # The driver's own sleeps, awks and curls go with the load tools, off the
+        # servers' CPU(s); the build above had every core.
+        taskset -cp "$PIN_LOAD_CPUS" $$ >/dev/null
+        log "pinned: servers on CPU(s) $PIN_SERVER_CPUS, load tools on $PIN_LOAD_CPUS"
+    fi
     LOAD_BEFORE=$(cat /proc/loadavg)
     log "logs in $LOGDIR"
     local sc
