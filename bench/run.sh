@@ -34,7 +34,7 @@ fi
 S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
-SERVERS=${SERVERS:-"ours hyper_tokio hyper_blocking astra04 tiny_http limit"}
+SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
 SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7"}
 REFERENCE=hyper_tokio
 
@@ -64,7 +64,7 @@ fi
 
 declare -A PORT=(
     [ours]=18081 [hyper_tokio]=18082 [hyper_blocking]=18083
-    [astra04]=18084 [tiny_http]=18085 [limit]=18086
+    [astra04]=18084 [tiny_http]=18085 [limit]=18086 [hyper_tokio_64k]=18087
 )
 # Servers without HTTP/2.
 declare -A NO_H2=([tiny_http]=1 [limit]=1)
