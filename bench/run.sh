@@ -37,6 +37,9 @@ UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
 SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
 SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7"}
 REFERENCE=hyper_tokio
+# The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
+# ratios to it too.
+BLOCKING_PEER=hyper_blocking
 
 # Pinned mode: every server runs under `taskset -c $PIN_SERVER_CPUS`, every load
 # tool (and this script) under `taskset -c $PIN_LOAD_CPUS`, so that neither
@@ -217,8 +220,28 @@ ratio() {
     fi
 }
 
-# table SCENARIO "METRIC:LABEL:DECIMALS:RATIO" ...: one markdown table, a column
-# per metric plus a ratio-to-reference column where RATIO is "r".
+# spread SCENARIO SERVER METRIC DECIMALS: "min–max (x %)" of the repetitions,
+# x being (max - min) / median; "1 run" for one; "-" if any failed.
+spread() {
+    local file="$RES/$1/$2/$3" line
+    [ -s "$file" ] || { echo "-"; return; }
+    while IFS= read -r line; do
+        is_number "$line" || { echo "-"; return; }
+    done <"$file"
+    sort -g "$file" | awk -v d="$4" '
+        { v[NR] = $1 }
+        END {
+            if (NR == 1) { print "1 run"; exit }
+            med = v[int((NR + 1) / 2)]
+            printf "%.*f–%.*f", d, v[1], d, v[NR]
+            if (med != 0) printf " (%.0f %%)", 100 * (v[NR] - v[1]) / med
+            printf "\n"
+        }'
+}
+
+# table SCENARIO "METRIC:LABEL:DECIMALS:FLAGS" ...: one markdown table, a column
+# per metric, then per FLAGS letter: n, the min–max of the repetitions beside
+# the median; r, the ratio to $REFERENCE; b, the ratio to $BLOCKING_PEER.
 table() {
     local sc=$1 spec metric label dec want server head="| server |" rule="|---|" row value
     shift
@@ -226,10 +249,9 @@ table() {
         IFS=: read -r metric label dec want <<<"$spec"
         head+=" $label |"
         rule+="---:|"
-        if [ "$want" = r ]; then
-            head+=" vs $REFERENCE |"
-            rule+="---:|"
-        fi
+        [[ $want == *n* ]] && head+=" min–max of $REPS |" && rule+="---:|"
+        [[ $want == *r* ]] && head+=" vs $REFERENCE |" && rule+="---:|"
+        [[ $want == *b* ]] && head+=" vs $BLOCKING_PEER |" && rule+="---:|"
     done
     echo "$head"
     echo "$rule"
@@ -239,9 +261,9 @@ table() {
             IFS=: read -r metric label dec want <<<"$spec"
             value=$(cell "$sc" "$server" "$metric")
             row+=" $(fmt "$value" "$dec") |"
-            if [ "$want" = r ]; then
-                row+=" $(ratio "$value" "$(cell "$sc" "$REFERENCE" "$metric")") |"
-            fi
+            [[ $want == *n* ]] && row+=" $(spread "$sc" "$server" "$metric" "$dec") |"
+            [[ $want == *r* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$REFERENCE" "$metric")") |"
+            [[ $want == *b* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$BLOCKING_PEER" "$metric")") |"
         done
         echo "$row"
     done
@@ -525,14 +547,14 @@ print_scenario() {
         S1)
             echo "### S1: hello, HTTP/1.1 keep-alive (\`wrk -t1 -c64 -d${DUR}s --latency /\`)"
             echo
-            table S1 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
+            table S1 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
             echo
             echo "ours vs limit (req/s): $(ratio "$(cell S1 ours rps)" "$(cell S1 limit rps)")"
             ;;
         S2)
             echo "### S2: \`/sleep\` 10 ms (\`wrk -t1 -c256 -d${DUR}s --latency /sleep\`)"
             echo
-            table S2 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
+            table S2 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
             echo
             echo "ideal for ours and astra04 (max_workers = 15 x $CORES cores = $MAX_WORKERS, x 100 req/s): $((MAX_WORKERS * 100)) req/s;" \
                 "ours reached $(ratio "$(cell S2 ours rps)" $((MAX_WORKERS * 100))) of it"
@@ -549,12 +571,12 @@ print_scenario() {
         S4)
             echo "### S4: HTTP/2 prior knowledge (\`h2load -N 5 -n $S4_N -c 16 -m 32 /\`)"
             echo
-            table S4 "rps:req/s:0:r"
+            table S4 "rps:req/s:0:nr"
             ;;
         S5)
             echo "### S5: \`POST /echo\` 1 MiB bodies (\`wrk -t1 -c16 -d${DUR}s -s post1m.lua\`), and one $UPLOAD_SIZE upload"
             echo
-            table S5 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "up_secs:$UPLOAD_SIZE upload s:2:r" "up_rss:RSS growth MiB:1:r"
+            table S5 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "up_secs:$UPLOAD_SIZE upload s:2:r" "up_rss:RSS growth MiB:1:r"
             ;;
         S6)
             echo "### S6: slowloris (\`slowhttptest -c 1000 -H -i 10 -r 200 -l $S6_SECS\`), a \`curl -m 5\` probe every 5 s"
@@ -571,7 +593,7 @@ print_scenario() {
         S7)
             echo "### S7: 1 KiB responses at 1000 connections (\`wrk -t1 -c1000 -d${DUR}s --latency /1k\`)"
             echo
-            table S7 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
+            table S7 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
             ;;
     esac
     local loads
