@@ -15,6 +15,8 @@
 # "failed: why" in its cell and the run goes on.
 
 set -u -o pipefail
+# $EPOCHREALTIME, awk and the tools' outputs with a decimal point.
+export LC_NUMERIC=C
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
@@ -77,7 +79,6 @@ declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1)
 
 # Counted before the driver pins itself (PIN=1), after which nproc says 1.
 CORES=$(nproc)
-MAX_WORKERS=$((15 * CORES))
 BIN="$HERE/target/release"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 STARTED=$(date -u "+%Y-%m-%d, %H:%M")
@@ -306,18 +307,39 @@ parse_wrk() {
         }' "$file"
 }
 
+# sleep_until T0 FRACTION: sleeps until FRACTION x DUR seconds after T0 (an
+# $EPOCHREALTIME), or not at all if that is past.
+sleep_until() {
+    sleep "$(awk -v t0="$1" -v f="$2" -v d="$DUR" -v now="$EPOCHREALTIME" \
+        'BEGIN { x = t0 + f * d - now; printf "%.3f", (x > 0 ? x : 0) }')"
+}
+
 # wrk_scenario SC SERVER RPS_METRIC P99_METRIC ERR_METRIC ARGS...: one wrk run,
-# recorded.
+# recorded; also a new client's `GET /` half-way through it (metric "probe"),
+# and the server's Threads: and VmRSS (kB) at 80 % of it ("threads", "rss").
 wrk_scenario() {
     local sc=$1 server=$2 m_rps=$3 m_p99=$4 m_err=$5 out parsed rps p99 err
     shift 5
     out="$LOGDIR/$sc.$server.$(date +%s%N).wrk"
+    local t0=$EPOCHREALTIME
     run_wrk "$out" "$@" &
-    local wp=$! status probe
+    local wp=$! pp status probe threads="" rss=""
     # wrk counts no error for a connection the server never serves; a new
     # client's request half-way through the run shows that kind of starvation.
-    sleep "$(awk -v d="$DUR" 'BEGIN { print d / 2 }')"
-    probe=$("${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)")
+    # It runs on its own, so that a slow answer does not delay the sample.
+    (
+        sleep_until "$t0" 0.5
+        "${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)"
+    ) >"$out.probe" &
+    pp=$!
+    # While wrk is still running: what the load made the server grow to.
+    sleep_until "$t0" 0.8
+    if kill -0 "$wp" 2>/dev/null; then
+        threads=$(proc_field "$SERVER_PID" Threads)
+        rss=$(proc_field "$SERVER_PID" VmRSS)
+    fi
+    wait "$pp"
+    probe=$(cat "$out.probe")
     wait "$wp"
     status=$?
     if [[ $probe == "200 "* ]]; then
@@ -327,13 +349,19 @@ wrk_scenario() {
     fi
     parsed=$(parse_wrk "$out" "$status")
     if [[ $parsed == failed:* ]]; then
-        record_fail "$sc" "$server" "${parsed#failed: }" "$m_rps" "$m_p99" "$m_err"
+        record_fail "$sc" "$server" "${parsed#failed: }" "$m_rps" "$m_p99" "$m_err" threads rss
         return
     fi
     read -r rps p99 err _ <<<"$parsed"
     record "$sc" "$server" "$m_rps" "$rps"
     record "$sc" "$server" "$m_p99" "$p99"
     record "$sc" "$server" "$m_err" "$err"
+    if [ -n "$threads" ] && [ -n "$rss" ]; then
+        record "$sc" "$server" threads "$threads"
+        record "$sc" "$server" rss "$rss"
+    else
+        record_fail "$sc" "$server" "not sampled at 80 % of the run (wrk or server gone)" threads rss
+    fi
     if ! server_alive; then
         record "$sc" "$server" "$m_rps" "failed: server died during the run"
     fi
@@ -485,8 +513,8 @@ s7() { wrk_scenario S7 "$1" rps p99 err -t1 -c1000 "$(url "$1" /1k)"; }
 
 # metrics of each scenario, for "n/a" and failure cells
 declare -A METRICS=(
-    [S1]="rps p99 err probe" [S2]="rps p99 err probe" [S3]="latency threads rss_per_conn opened"
-    [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe"
+    [S1]="rps p99 err probe threads rss" [S2]="rps p99 err probe threads rss" [S3]="latency threads rss_per_conn opened"
+    [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe threads rss"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -530,7 +558,7 @@ run_scenario() {
                 S3) once S3 "$server" s3 "${METRICS[S3]}" ;;
                 S4) once S4 "$server" s4 "${METRICS[S4]}" ;;
                 S5)
-                    once S5 "$server" s5_wrk "rps p99 err probe"
+                    once S5 "$server" s5_wrk "rps p99 err probe threads rss"
                     once S5 "$server" s5_upload "up_secs up_rss"
                     ;;
                 S6) once S6 "$server" s6 "${METRICS[S6]}" ;;
@@ -552,12 +580,10 @@ print_scenario() {
             echo "ours vs limit (req/s): $(ratio "$(cell S1 ours rps)" "$(cell S1 limit rps)")"
             ;;
         S2)
-            echo "### S2: \`/sleep\` 10 ms (\`wrk -t1 -c256 -d${DUR}s --latency /sleep\`)"
+            echo "### S2: \`/sleep\`, a 10 ms blocking handler, every server at its defaults (\`wrk -t1 -c256 -d${DUR}s --latency /sleep\`)"
             echo
-            table S2 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
-            echo
-            echo "ideal for ours and astra04 (max_workers = 15 x $CORES cores = $MAX_WORKERS, x 100 req/s): $((MAX_WORKERS * 100)) req/s;" \
-                "ours reached $(ratio "$(cell S2 ours rps)" $((MAX_WORKERS * 100))) of it"
+            table S2 "rps:req/s:0:nrb" "p99:p99 ms:2:rb" "err:errors:0:" "threads:threads at 80 %:0:rb" \
+                "rss:VmRSS kB at 80 %:0:rb" "probe:new client mid-run ms:2:"
             ;;
         S3)
             echo "### S3: $S3_CONNS idle keep-alive connections, then a new client's \`GET /\`"
