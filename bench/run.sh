@@ -37,7 +37,7 @@ S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
 SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8"}
 REFERENCE=hyper_tokio
 # The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
 # ratios to it too.
@@ -509,12 +509,50 @@ s6() {
 
 s7() { wrk_scenario S7 "$1" rps p99 err -t1 -c1000 "$(url "$1" /1k)"; }
 
+# S8: mixed load. 24 connections keep handlers in 50 ms blocking sleeps while 4
+# others send fast `GET /`; what matters is how the fast ones fare.
+s8() {
+    local server=$1 base slow fast sp fp ss fs parsed_slow parsed_fast
+    local f_rps f_p99 f_err s_rps s_err
+    base="$LOGDIR/S8.$server.$(date +%s%N)"
+    slow="$base.slow.wrk"
+    fast="$base.fast.wrk"
+    run_wrk "$slow" -t1 -c24 "$(url "$server" /sleep50)" &
+    sp=$!
+    run_wrk "$fast" -t1 -c4 "$(url "$server" /)" &
+    fp=$!
+    wait "$sp"
+    ss=$?
+    wait "$fp"
+    fs=$?
+    parsed_fast=$(parse_wrk "$fast" "$fs")
+    parsed_slow=$(parse_wrk "$slow" "$ss")
+    if [[ $parsed_fast == failed:* ]]; then
+        record_fail S8 "$server" "fast: ${parsed_fast#failed: }" fast_rps fast_p99 slow_rps err
+        return
+    fi
+    if [[ $parsed_slow == failed:* ]]; then
+        record_fail S8 "$server" "slow: ${parsed_slow#failed: }" fast_rps fast_p99 slow_rps err
+        return
+    fi
+    read -r f_rps f_p99 f_err _ <<<"$parsed_fast"
+    read -r s_rps _ s_err _ <<<"$parsed_slow"
+    record S8 "$server" fast_rps "$f_rps"
+    record S8 "$server" fast_p99 "$f_p99"
+    record S8 "$server" slow_rps "$s_rps"
+    record S8 "$server" err $((f_err + s_err))
+    if ! server_alive; then
+        record S8 "$server" fast_rps "failed: server died during the run"
+    fi
+}
+
 # --------------------------------------------------------------------- driver
 
 # metrics of each scenario, for "n/a" and failure cells
 declare -A METRICS=(
     [S1]="rps p99 err probe threads rss" [S2]="rps p99 err probe threads rss" [S3]="latency threads rss_per_conn opened"
     [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe threads rss"
+    [S8]="fast_rps fast_p99 slow_rps err"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -563,6 +601,7 @@ run_scenario() {
                     ;;
                 S6) once S6 "$server" s6 "${METRICS[S6]}" ;;
                 S7) once S7 "$server" s7 "${METRICS[S7]}" ;;
+                S8) once S8 "$server" s8 "${METRICS[S8]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
@@ -620,6 +659,15 @@ print_scenario() {
             echo "### S7: 1 KiB responses at 1000 connections (\`wrk -t1 -c1000 -d${DUR}s --latency /1k\`)"
             echo
             table S7 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
+            ;;
+        S8)
+            echo "### S8: mixed load, fast requests beside blocked handlers (\`wrk -t1 -c24 -d${DUR}s /sleep50\`" \
+                "and at the same time \`wrk --latency -t1 -c4 -d${DUR}s /\`)"
+            echo
+            table S8 "fast_rps:fast req/s:0:nrb" "fast_p99:fast p99 ms:2:rb" "slow_rps:/sleep50 req/s:0:n" \
+                "err:errors (both):0:"
+            echo
+            echo "/sleep50 at most 24 / 0.05 s = 480 req/s."
             ;;
     esac
     local loads
