@@ -37,7 +37,7 @@ S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
 SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9"}
 REFERENCE=hyper_tokio
 # The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
 # ratios to it too.
@@ -546,13 +546,78 @@ s8() {
     fi
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+
+# ctx_cpu PID: prints "SWITCHES TICKS": voluntary + nonvoluntary context
+# switches summed over the process's threads (/proc/PID/task/*/status), and its
+# utime + stime in clock ticks (/proc/PID/stat fields 14 and 15). Fails if the
+# process is gone.
+ctx_cpu() {
+    local sw ticks
+    sw=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '
+        $1 == "voluntary_ctxt_switches:" || $1 == "nonvoluntary_ctxt_switches:" { s += $2 }
+        END { print s + 0 }')
+    # The name, field 2, is in brackets and may hold spaces; after it, field 14
+    # is the 12th.
+    ticks=$(sed 's/.*) //' /proc/"$1"/stat 2>/dev/null | awk '{ print $12 + $13 }')
+    [ -n "$ticks" ] || return 1
+    echo "$sw $ticks"
+}
+
+# cost_window PID: watches PID for 2 s; prints "WAKEUPS_PER_S CPU_MS_PER_S"
+# (context switches per second, and ms of CPU time per second), or nothing if
+# the process went away.
+cost_window() {
+    local a b t0 t1
+    t0=$EPOCHREALTIME
+    a=$(ctx_cpu "$1") || return
+    sleep 2
+    t1=$EPOCHREALTIME
+    b=$(ctx_cpu "$1") || return
+    awk -v a="$a" -v b="$b" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); d = t1 - t0
+        printf "%.1f %.1f\n", (y[1] - x[1]) / d, (y[2] - x[2]) * 1000 / hz / d }'
+}
+
+# S9: what a server costs while its only work is one handler sleeping 3 s, and
+# while it has no work at all.
+s9() {
+    local server=$1 out idle busy cp code threads
+    out="$LOGDIR/S9.$server.$(date +%s%N)"
+    # Idle first: the start-up check's `GET /` is over, nothing is ready.
+    sleep 0.5
+    idle=$(cost_window "$SERVER_PID")
+    timeout -k 2 15 "${LOAD[@]}" curl -s -m 10 -o /dev/null -w '%{http_code}' \
+        "$(url "$server" /sleep3s)" >"$out.curl" 2>&1 &
+    cp=$!
+    # The request is in, and its handler asleep, well before this.
+    sleep 0.5
+    threads=$(proc_field "$SERVER_PID" Threads)
+    busy=$(cost_window "$SERVER_PID")
+    wait "$cp"
+    code=$(cat "$out.curl")
+    echo "idle: $idle; handler sleeping: $busy; threads: $threads; /sleep3s: $code" >"$out.figures"
+    if [ -z "$idle" ] || [ -z "$busy" ] || ! server_alive; then
+        record_fail S9 "$server" "server gone" wake cpu idle_wake idle_cpu threads
+    elif [ "$code" != 200 ]; then
+        record_fail S9 "$server" "/sleep3s answered '${code:-nothing}' (curl -m 10)" \
+            wake cpu idle_wake idle_cpu threads
+    else
+        record S9 "$server" wake "${busy% *}"
+        record S9 "$server" cpu "${busy#* }"
+        record S9 "$server" idle_wake "${idle% *}"
+        record S9 "$server" idle_cpu "${idle#* }"
+        record S9 "$server" threads "$threads"
+    fi
+}
+
 # --------------------------------------------------------------------- driver
 
 # metrics of each scenario, for "n/a" and failure cells
 declare -A METRICS=(
     [S1]="rps p99 err probe threads rss" [S2]="rps p99 err probe threads rss" [S3]="latency threads rss_per_conn opened"
     [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe threads rss"
-    [S8]="fast_rps fast_p99 slow_rps err"
+    [S8]="fast_rps fast_p99 slow_rps err" [S9]="wake cpu idle_wake idle_cpu threads"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -602,6 +667,7 @@ run_scenario() {
                 S6) once S6 "$server" s6 "${METRICS[S6]}" ;;
                 S7) once S7 "$server" s7 "${METRICS[S7]}" ;;
                 S8) once S8 "$server" s8 "${METRICS[S8]}" ;;
+                S9) once S9 "$server" s9 "${METRICS[S9]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
@@ -668,6 +734,17 @@ print_scenario() {
                 "err:errors (both):0:"
             echo
             echo "/sleep50 at most 24 / 0.05 s = 480 req/s."
+            ;;
+        S9)
+            echo "### S9: wake-ups and CPU while one handler sleeps 3 s (\`curl -m 10 /sleep3s\`, watched 0.5 to 2.5 s" \
+                "after it starts), and idle (2 s, no request)"
+            echo
+            table S9 "wake:wake-ups/s, handler sleeping:1:" "cpu:CPU ms/s, handler sleeping:1:" \
+                "idle_wake:wake-ups/s idle:1:" "idle_cpu:CPU ms/s idle:1:" "threads:threads, handler sleeping:0:"
+            echo
+            echo "Wake-ups: voluntary + involuntary context switches summed over the server's threads" \
+                "(/proc/PID/task/*/status), per second. CPU: utime + stime (/proc/PID/stat), in ticks of" \
+                "$((1000 / CLK_TCK)) ms, so over 2 s to the nearest $((500 / CLK_TCK)) ms/s."
             ;;
     esac
     local loads
