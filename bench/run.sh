@@ -37,7 +37,7 @@ S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
 SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10"}
 REFERENCE=hyper_tokio
 # The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
 # ratios to it too.
@@ -74,8 +74,8 @@ declare -A PORT=(
 # Servers without HTTP/2.
 declare -A NO_H2=([tiny_http]=1 [limit]=1)
 # `limit` answers every request with the same 13 bytes and is only meaningful
-# where that is the request: S1, and S3 (idle connections).
-declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1)
+# where that is the request: S1 and S10 (hello), and S3 (idle connections).
+declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1 [S10]=1)
 
 # Counted before the driver pins itself (PIN=1), after which nproc says 1.
 CORES=$(nproc)
@@ -509,6 +509,8 @@ s6() {
 
 s7() { wrk_scenario S7 "$1" rps p99 err -t1 -c1000 "$(url "$1" /1k)"; }
 
+s10() { wrk_scenario S10 "$1" rps p99 err -t1 -c1000 "$(url "$1" /)"; }
+
 # S8: mixed load. 24 connections keep handlers in 50 ms blocking sleeps while 4
 # others send fast `GET /`; what matters is how the fast ones fare.
 s8() {
@@ -618,6 +620,7 @@ declare -A METRICS=(
     [S1]="rps p99 err probe threads rss" [S2]="rps p99 err probe threads rss" [S3]="latency threads rss_per_conn opened"
     [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe threads rss"
     [S8]="fast_rps fast_p99 slow_rps err" [S9]="wake cpu idle_wake idle_cpu threads"
+    [S10]="rps p99 err probe threads rss"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -668,6 +671,7 @@ run_scenario() {
                 S7) once S7 "$server" s7 "${METRICS[S7]}" ;;
                 S8) once S8 "$server" s8 "${METRICS[S8]}" ;;
                 S9) once S9 "$server" s9 "${METRICS[S9]}" ;;
+                S10) once S10 "$server" s10 "${METRICS[S10]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
@@ -745,6 +749,14 @@ print_scenario() {
             echo "Wake-ups: voluntary + involuntary context switches summed over the server's threads" \
                 "(/proc/PID/task/*/status), per second. CPU: utime + stime (/proc/PID/stat), in ticks of" \
                 "$((1000 / CLK_TCK)) ms, so over 2 s to the nearest $((500 / CLK_TCK)) ms/s."
+            ;;
+        S10)
+            echo "### S10: hello at 1000 connections (\`wrk -t1 -c1000 -d${DUR}s --latency /\`)"
+            echo
+            table S10 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" \
+                "threads:threads at 80 %:0:r" "probe:new client mid-run ms:2:"
+            echo
+            echo "ours vs limit (req/s): $(ratio "$(cell S10 ours rps)" "$(cell S10 limit rps)")"
             ;;
     esac
     local loads
