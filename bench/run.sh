@@ -5,14 +5,18 @@
 #   bench/run.sh S1 S3           # some scenarios
 #   QUICK=1 bench/run.sh         # smoke run: 1 repetition, 3 s durations
 #   SERVERS="ours hyper_tokio" bench/run.sh S2
+#   PIN=1 bench/run.sh S1        # servers on CPU 0, load tools on CPU 1
 #
-# Environment: QUICK, REPS, DUR (seconds), SERVERS, S3_CONNS, S4_N, S6_SECS,
-# S6_REPS, UPLOAD_SIZE (for S5's big upload, a `head -c` size), LOGDIR.
+# Environment: QUICK, REPS, DUR (seconds), SERVERS, PIN, PIN_SERVER_CPUS,
+# PIN_LOAD_CPUS, S3_CONNS, S4_N, S6_SECS, S6_REPS, UPLOAD_SIZE (for S5's big
+# upload, a `head -c` size), LOGDIR.
 #
 # Every step is bounded with `timeout`; a server that fails or hangs gets
 # "failed: why" in its cell and the run goes on.
 
 set -u -o pipefail
+# $EPOCHREALTIME, awk and the tools' outputs with a decimal point.
+export LC_NUMERIC=C
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
@@ -32,22 +36,49 @@ fi
 S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
-SERVERS=${SERVERS:-"ours hyper_tokio hyper_blocking astra04 tiny_http limit"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7"}
+SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10"}
 REFERENCE=hyper_tokio
+# The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
+# ratios to it too.
+BLOCKING_PEER=hyper_blocking
+
+# Pinned mode: every server runs under `taskset -c $PIN_SERVER_CPUS`, every load
+# tool (and this script) under `taskset -c $PIN_LOAD_CPUS`, so that neither
+# takes the other's core and ratios are per core. Shared mode (the default):
+# no pinning, all of them share all cores.
+PIN=${PIN:-0}
+PIN_SERVER_CPUS=${PIN_SERVER_CPUS:-0}
+PIN_LOAD_CPUS=${PIN_LOAD_CPUS:-1}
+SRV=()  # prefix for servers
+LOAD=() # prefix for load tools
+if [ "$PIN" = 1 ]; then
+    if ! command -v taskset >/dev/null; then
+        echo "PIN=1 needs taskset (util-linux)" >&2
+        exit 1
+    fi
+    for cpus in "$PIN_SERVER_CPUS" "$PIN_LOAD_CPUS"; do
+        if ! taskset -c "$cpus" true 2>/dev/null; then
+            echo "PIN=1: cannot run on CPU(s) $cpus (this machine has $(nproc))" >&2
+            exit 1
+        fi
+    done
+    SRV=(taskset -c "$PIN_SERVER_CPUS")
+    LOAD=(taskset -c "$PIN_LOAD_CPUS")
+fi
 
 declare -A PORT=(
     [ours]=18081 [hyper_tokio]=18082 [hyper_blocking]=18083
-    [astra04]=18084 [tiny_http]=18085 [limit]=18086
+    [astra04]=18084 [tiny_http]=18085 [limit]=18086 [hyper_tokio_64k]=18087
 )
 # Servers without HTTP/2.
 declare -A NO_H2=([tiny_http]=1 [limit]=1)
 # `limit` answers every request with the same 13 bytes and is only meaningful
-# where that is the request: S1, and S3 (idle connections).
-declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1)
+# where that is the request: S1 and S10 (hello), and S3 (idle connections).
+declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1 [S10]=1)
 
+# Counted before the driver pins itself (PIN=1), after which nproc says 1.
 CORES=$(nproc)
-MAX_WORKERS=$((15 * CORES))
 BIN="$HERE/target/release"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 STARTED=$(date -u "+%Y-%m-%d, %H:%M")
@@ -103,7 +134,7 @@ start_server() {
         echo "port $port still in use"
         return 1
     fi
-    "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
+    "${SRV[@]}" "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
     SERVER_PID=$!
     local deadline=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -113,7 +144,7 @@ start_server() {
             SERVER_PID=""
             return 1
         fi
-        if [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; then
+        if [ "$("${LOAD[@]}" curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; then
             return 0
         fi
         sleep 0.1
@@ -190,8 +221,28 @@ ratio() {
     fi
 }
 
-# table SCENARIO "METRIC:LABEL:DECIMALS:RATIO" ...: one markdown table, a column
-# per metric plus a ratio-to-reference column where RATIO is "r".
+# spread SCENARIO SERVER METRIC DECIMALS: "min–max (x %)" of the repetitions,
+# x being (max - min) / median; "1 run" for one; "-" if any failed.
+spread() {
+    local file="$RES/$1/$2/$3" line
+    [ -s "$file" ] || { echo "-"; return; }
+    while IFS= read -r line; do
+        is_number "$line" || { echo "-"; return; }
+    done <"$file"
+    sort -g "$file" | awk -v d="$4" '
+        { v[NR] = $1 }
+        END {
+            if (NR == 1) { print "1 run"; exit }
+            med = v[int((NR + 1) / 2)]
+            printf "%.*f–%.*f", d, v[1], d, v[NR]
+            if (med != 0) printf " (%.0f %%)", 100 * (v[NR] - v[1]) / med
+            printf "\n"
+        }'
+}
+
+# table SCENARIO "METRIC:LABEL:DECIMALS:FLAGS" ...: one markdown table, a column
+# per metric, then per FLAGS letter: n, the min–max of the repetitions beside
+# the median; r, the ratio to $REFERENCE; b, the ratio to $BLOCKING_PEER.
 table() {
     local sc=$1 spec metric label dec want server head="| server |" rule="|---|" row value
     shift
@@ -199,10 +250,9 @@ table() {
         IFS=: read -r metric label dec want <<<"$spec"
         head+=" $label |"
         rule+="---:|"
-        if [ "$want" = r ]; then
-            head+=" vs $REFERENCE |"
-            rule+="---:|"
-        fi
+        [[ $want == *n* ]] && head+=" min–max of $REPS |" && rule+="---:|"
+        [[ $want == *r* ]] && head+=" vs $REFERENCE |" && rule+="---:|"
+        [[ $want == *b* ]] && head+=" vs $BLOCKING_PEER |" && rule+="---:|"
     done
     echo "$head"
     echo "$rule"
@@ -212,9 +262,9 @@ table() {
             IFS=: read -r metric label dec want <<<"$spec"
             value=$(cell "$sc" "$server" "$metric")
             row+=" $(fmt "$value" "$dec") |"
-            if [ "$want" = r ]; then
-                row+=" $(ratio "$value" "$(cell "$sc" "$REFERENCE" "$metric")") |"
-            fi
+            [[ $want == *n* ]] && row+=" $(spread "$sc" "$server" "$metric" "$dec") |"
+            [[ $want == *r* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$REFERENCE" "$metric")") |"
+            [[ $want == *b* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$BLOCKING_PEER" "$metric")") |"
         done
         echo "$row"
     done
@@ -226,7 +276,7 @@ table() {
 run_wrk() {
     local out=$1
     shift
-    timeout -k 5 $((DUR + 30)) wrk --latency -d "${DUR}s" "$@" >"$out" 2>&1
+    timeout -k 5 $((DUR + 30)) "${LOAD[@]}" wrk --latency -d "${DUR}s" "$@" >"$out" 2>&1
 }
 
 # parse_wrk FILE STATUS: prints "rps p99_ms errors requests", or "failed: why".
@@ -257,18 +307,39 @@ parse_wrk() {
         }' "$file"
 }
 
+# sleep_until T0 FRACTION: sleeps until FRACTION x DUR seconds after T0 (an
+# $EPOCHREALTIME), or not at all if that is past.
+sleep_until() {
+    sleep "$(awk -v t0="$1" -v f="$2" -v d="$DUR" -v now="$EPOCHREALTIME" \
+        'BEGIN { x = t0 + f * d - now; printf "%.3f", (x > 0 ? x : 0) }')"
+}
+
 # wrk_scenario SC SERVER RPS_METRIC P99_METRIC ERR_METRIC ARGS...: one wrk run,
-# recorded.
+# recorded; also a new client's `GET /` half-way through it (metric "probe"),
+# and the server's Threads: and VmRSS (kB) at 80 % of it ("threads", "rss").
 wrk_scenario() {
     local sc=$1 server=$2 m_rps=$3 m_p99=$4 m_err=$5 out parsed rps p99 err
     shift 5
     out="$LOGDIR/$sc.$server.$(date +%s%N).wrk"
+    local t0=$EPOCHREALTIME
     run_wrk "$out" "$@" &
-    local wp=$! status probe
+    local wp=$! pp status probe threads="" rss=""
     # wrk counts no error for a connection the server never serves; a new
     # client's request half-way through the run shows that kind of starvation.
-    sleep "$(awk -v d="$DUR" 'BEGIN { print d / 2 }')"
-    probe=$(curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)")
+    # It runs on its own, so that a slow answer does not delay the sample.
+    (
+        sleep_until "$t0" 0.5
+        "${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)"
+    ) >"$out.probe" &
+    pp=$!
+    # While wrk is still running: what the load made the server grow to.
+    sleep_until "$t0" 0.8
+    if kill -0 "$wp" 2>/dev/null; then
+        threads=$(proc_field "$SERVER_PID" Threads)
+        rss=$(proc_field "$SERVER_PID" VmRSS)
+    fi
+    wait "$pp"
+    probe=$(cat "$out.probe")
     wait "$wp"
     status=$?
     if [[ $probe == "200 "* ]]; then
@@ -278,13 +349,19 @@ wrk_scenario() {
     fi
     parsed=$(parse_wrk "$out" "$status")
     if [[ $parsed == failed:* ]]; then
-        record_fail "$sc" "$server" "${parsed#failed: }" "$m_rps" "$m_p99" "$m_err"
+        record_fail "$sc" "$server" "${parsed#failed: }" "$m_rps" "$m_p99" "$m_err" threads rss
         return
     fi
     read -r rps p99 err _ <<<"$parsed"
     record "$sc" "$server" "$m_rps" "$rps"
     record "$sc" "$server" "$m_p99" "$p99"
     record "$sc" "$server" "$m_err" "$err"
+    if [ -n "$threads" ] && [ -n "$rss" ]; then
+        record "$sc" "$server" threads "$threads"
+        record "$sc" "$server" rss "$rss"
+    else
+        record_fail "$sc" "$server" "not sampled at 80 % of the run (wrk or server gone)" threads rss
+    fi
     if ! server_alive; then
         record "$sc" "$server" "$m_rps" "failed: server died during the run"
     fi
@@ -302,7 +379,7 @@ s3() {
     local server=$1 out base hp i rss threads opened latency stalled per
     out="$LOGDIR/S3.$server.$(date +%s%N).out"
     base=$(proc_field "$SERVER_PID" VmRSS)
-    timeout -k 5 150 "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$S3_CONNS" 60 >"$out" 2>&1 &
+    timeout -k 5 150 "${LOAD[@]}" "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$S3_CONNS" 60 >"$out" 2>&1 &
     hp=$!
     for i in $(seq 1200); do
         grep -q '^holding' "$out" && break
@@ -347,7 +424,7 @@ s4() {
         return
     fi
     out="$LOGDIR/S4.$server.$(date +%s%N).h2load"
-    timeout -k 5 120 h2load -N 5 -n "$S4_N" -c 16 -m 32 "$(url "$server" /)" >"$out" 2>&1
+    timeout -k 5 120 "${LOAD[@]}" h2load -N 5 -n "$S4_N" -c 16 -m 32 "$(url "$server" /)" >"$out" 2>&1
     status=$?
     local parsed
     parsed=$(awk -v status="$status" -v n="$S4_N" '
@@ -371,7 +448,7 @@ s5_upload() {
     # A server that cannot take a 1 MiB body would only make the big upload wait
     # out its whole limit.
     head -c 1048576 /dev/zero >"$LOGDIR/.1mib"
-    answer=$(timeout -k 2 15 curl -sS -m 10 -H 'Expect:' --data-binary @"$LOGDIR/.1mib" \
+    answer=$(timeout -k 2 15 "${LOAD[@]}" curl -sS -m 10 -H 'Expect:' --data-binary @"$LOGDIR/.1mib" \
         "$(url "$server" /echo)" 2>&1)
     if [ "$answer" != 1048576 ]; then
         [ -z "$answer" ] || [[ $answer == *"timed out"* ]] && answer="no answer in 10 s"
@@ -381,8 +458,8 @@ s5_upload() {
     base=$(proc_field "$SERVER_PID" VmRSS)
     # `Expect:` is cleared so curl streams at once instead of waiting up to 1 s
     # for a 100 Continue; the body is sent chunked, as read from the pipe.
-    head -c "$UPLOAD_SIZE" /dev/zero |
-        timeout -k 5 130 curl -sS -m 120 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+    "${LOAD[@]}" head -c "$UPLOAD_SIZE" /dev/zero |
+        timeout -k 5 130 "${LOAD[@]}" curl -sS -m 120 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
             -T - -X POST -o "$out.body" -w '%{time_total}' "$(url "$server" /echo)" >"$out" 2>&1
     status=$?
     peak=$(proc_field "$SERVER_PID" VmHWM)
@@ -407,14 +484,14 @@ s5_upload() {
 s6() {
     local server=$1 out start next i probes=0 answered=0 code sh
     out="$LOGDIR/S6.$server.$(date +%s%N)"
-    timeout -k 5 $((S6_SECS + 60)) slowhttptest -c 1000 -H -i 10 -r 200 -l "$S6_SECS" \
+    timeout -k 5 $((S6_SECS + 60)) "${LOAD[@]}" slowhttptest -c 1000 -H -i 10 -r 200 -l "$S6_SECS" \
         -u "$(url "$server" /)" >"$out.slowhttptest" 2>&1 &
     sh=$!
     start=$(date +%s)
     for ((i = 1; i * 5 <= S6_SECS; i++)); do
         next=$((start + 5 * i))
         while [ "$(date +%s)" -lt "$next" ]; do sleep 0.2; done
-        code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$(url "$server" /)")
+        code=$("${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code}' "$(url "$server" /)")
         probes=$((probes + 1))
         [ "$code" = 200 ] && answered=$((answered + 1))
         echo "probe $i at +$((5 * i))s: $code" >>"$out.probes"
@@ -432,12 +509,118 @@ s6() {
 
 s7() { wrk_scenario S7 "$1" rps p99 err -t1 -c1000 "$(url "$1" /1k)"; }
 
+s10() { wrk_scenario S10 "$1" rps p99 err -t1 -c1000 "$(url "$1" /)"; }
+
+# S8: mixed load. 24 connections keep handlers in 50 ms blocking sleeps while 4
+# others send fast `GET /`; what matters is how the fast ones fare.
+s8() {
+    local server=$1 base slow fast sp fp ss fs parsed_slow parsed_fast
+    local f_rps f_p99 f_err s_rps s_err
+    base="$LOGDIR/S8.$server.$(date +%s%N)"
+    slow="$base.slow.wrk"
+    fast="$base.fast.wrk"
+    run_wrk "$slow" -t1 -c24 "$(url "$server" /sleep50)" &
+    sp=$!
+    run_wrk "$fast" -t1 -c4 "$(url "$server" /)" &
+    fp=$!
+    wait "$sp"
+    ss=$?
+    wait "$fp"
+    fs=$?
+    parsed_fast=$(parse_wrk "$fast" "$fs")
+    parsed_slow=$(parse_wrk "$slow" "$ss")
+    if [[ $parsed_fast == failed:* ]]; then
+        record_fail S8 "$server" "fast: ${parsed_fast#failed: }" fast_rps fast_p99 slow_rps err
+        return
+    fi
+    if [[ $parsed_slow == failed:* ]]; then
+        record_fail S8 "$server" "slow: ${parsed_slow#failed: }" fast_rps fast_p99 slow_rps err
+        return
+    fi
+    read -r f_rps f_p99 f_err _ <<<"$parsed_fast"
+    read -r s_rps _ s_err _ <<<"$parsed_slow"
+    record S8 "$server" fast_rps "$f_rps"
+    record S8 "$server" fast_p99 "$f_p99"
+    record S8 "$server" slow_rps "$s_rps"
+    record S8 "$server" err $((f_err + s_err))
+    if ! server_alive; then
+        record S8 "$server" fast_rps "failed: server died during the run"
+    fi
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+
+# ctx_cpu PID: prints "SWITCHES TICKS": voluntary + nonvoluntary context
+# switches summed over the process's threads (/proc/PID/task/*/status), and its
+# utime + stime in clock ticks (/proc/PID/stat fields 14 and 15). Fails if the
+# process is gone.
+ctx_cpu() {
+    local sw ticks
+    sw=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '
+        $1 == "voluntary_ctxt_switches:" || $1 == "nonvoluntary_ctxt_switches:" { s += $2 }
+        END { print s + 0 }')
+    # The name, field 2, is in brackets and may hold spaces; after it, field 14
+    # is the 12th.
+    ticks=$(sed 's/.*) //' /proc/"$1"/stat 2>/dev/null | awk '{ print $12 + $13 }')
+    [ -n "$ticks" ] || return 1
+    echo "$sw $ticks"
+}
+
+# cost_window PID: watches PID for 2 s; prints "WAKEUPS_PER_S CPU_MS_PER_S"
+# (context switches per second, and ms of CPU time per second), or nothing if
+# the process went away.
+cost_window() {
+    local a b t0 t1
+    t0=$EPOCHREALTIME
+    a=$(ctx_cpu "$1") || return
+    sleep 2
+    t1=$EPOCHREALTIME
+    b=$(ctx_cpu "$1") || return
+    awk -v a="$a" -v b="$b" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); d = t1 - t0
+        printf "%.1f %.1f\n", (y[1] - x[1]) / d, (y[2] - x[2]) * 1000 / hz / d }'
+}
+
+# S9: what a server costs while its only work is one handler sleeping 3 s, and
+# while it has no work at all.
+s9() {
+    local server=$1 out idle busy cp code threads
+    out="$LOGDIR/S9.$server.$(date +%s%N)"
+    # Idle first: the start-up check's `GET /` is over, nothing is ready.
+    sleep 0.5
+    idle=$(cost_window "$SERVER_PID")
+    timeout -k 2 15 "${LOAD[@]}" curl -s -m 10 -o /dev/null -w '%{http_code}' \
+        "$(url "$server" /sleep3s)" >"$out.curl" 2>&1 &
+    cp=$!
+    # The request is in, and its handler asleep, well before this.
+    sleep 0.5
+    threads=$(proc_field "$SERVER_PID" Threads)
+    busy=$(cost_window "$SERVER_PID")
+    wait "$cp"
+    code=$(cat "$out.curl")
+    echo "idle: $idle; handler sleeping: $busy; threads: $threads; /sleep3s: $code" >"$out.figures"
+    if [ -z "$idle" ] || [ -z "$busy" ] || ! server_alive; then
+        record_fail S9 "$server" "server gone" wake cpu idle_wake idle_cpu threads
+    elif [ "$code" != 200 ]; then
+        record_fail S9 "$server" "/sleep3s answered '${code:-nothing}' (curl -m 10)" \
+            wake cpu idle_wake idle_cpu threads
+    else
+        record S9 "$server" wake "${busy% *}"
+        record S9 "$server" cpu "${busy#* }"
+        record S9 "$server" idle_wake "${idle% *}"
+        record S9 "$server" idle_cpu "${idle#* }"
+        record S9 "$server" threads "$threads"
+    fi
+}
+
 # --------------------------------------------------------------------- driver
 
 # metrics of each scenario, for "n/a" and failure cells
 declare -A METRICS=(
-    [S1]="rps p99 err probe" [S2]="rps p99 err probe" [S3]="latency threads rss_per_conn opened"
-    [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe"
+    [S1]="rps p99 err probe threads rss" [S2]="rps p99 err probe threads rss" [S3]="latency threads rss_per_conn opened"
+    [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe threads rss"
+    [S8]="fast_rps fast_p99 slow_rps err" [S9]="wake cpu idle_wake idle_cpu threads"
+    [S10]="rps p99 err probe threads rss"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -481,11 +664,14 @@ run_scenario() {
                 S3) once S3 "$server" s3 "${METRICS[S3]}" ;;
                 S4) once S4 "$server" s4 "${METRICS[S4]}" ;;
                 S5)
-                    once S5 "$server" s5_wrk "rps p99 err probe"
+                    once S5 "$server" s5_wrk "rps p99 err probe threads rss"
                     once S5 "$server" s5_upload "up_secs up_rss"
                     ;;
                 S6) once S6 "$server" s6 "${METRICS[S6]}" ;;
                 S7) once S7 "$server" s7 "${METRICS[S7]}" ;;
+                S8) once S8 "$server" s8 "${METRICS[S8]}" ;;
+                S9) once S9 "$server" s9 "${METRICS[S9]}" ;;
+                S10) once S10 "$server" s10 "${METRICS[S10]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
@@ -498,17 +684,15 @@ print_scenario() {
         S1)
             echo "### S1: hello, HTTP/1.1 keep-alive (\`wrk -t1 -c64 -d${DUR}s --latency /\`)"
             echo
-            table S1 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
+            table S1 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
             echo
             echo "ours vs limit (req/s): $(ratio "$(cell S1 ours rps)" "$(cell S1 limit rps)")"
             ;;
         S2)
-            echo "### S2: \`/sleep\` 10 ms (\`wrk -t1 -c256 -d${DUR}s --latency /sleep\`)"
+            echo "### S2: \`/sleep\`, a 10 ms blocking handler, every server at its defaults (\`wrk -t1 -c256 -d${DUR}s --latency /sleep\`)"
             echo
-            table S2 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
-            echo
-            echo "ideal for ours and astra04 (max_workers = 15 x $CORES cores = $MAX_WORKERS, x 100 req/s): $((MAX_WORKERS * 100)) req/s;" \
-                "ours reached $(ratio "$(cell S2 ours rps)" $((MAX_WORKERS * 100))) of it"
+            table S2 "rps:req/s:0:nrb" "p99:p99 ms:2:rb" "err:errors:0:" "threads:threads at 80 %:0:rb" \
+                "rss:VmRSS kB at 80 %:0:rb" "probe:new client mid-run ms:2:"
             ;;
         S3)
             echo "### S3: $S3_CONNS idle keep-alive connections, then a new client's \`GET /\`"
@@ -522,12 +706,12 @@ print_scenario() {
         S4)
             echo "### S4: HTTP/2 prior knowledge (\`h2load -N 5 -n $S4_N -c 16 -m 32 /\`)"
             echo
-            table S4 "rps:req/s:0:r"
+            table S4 "rps:req/s:0:nr"
             ;;
         S5)
             echo "### S5: \`POST /echo\` 1 MiB bodies (\`wrk -t1 -c16 -d${DUR}s -s post1m.lua\`), and one $UPLOAD_SIZE upload"
             echo
-            table S5 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors:0:" "up_secs:$UPLOAD_SIZE upload s:2:r" "up_rss:RSS growth MiB:1:r"
+            table S5 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "up_secs:$UPLOAD_SIZE upload s:2:r" "up_rss:RSS growth MiB:1:r"
             ;;
         S6)
             echo "### S6: slowloris (\`slowhttptest -c 1000 -H -i 10 -r 200 -l $S6_SECS\`), a \`curl -m 5\` probe every 5 s"
@@ -544,7 +728,35 @@ print_scenario() {
         S7)
             echo "### S7: 1 KiB responses at 1000 connections (\`wrk -t1 -c1000 -d${DUR}s --latency /1k\`)"
             echo
-            table S7 "rps:req/s:0:r" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
+            table S7 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" "probe:new client mid-run ms:2:"
+            ;;
+        S8)
+            echo "### S8: mixed load, fast requests beside blocked handlers (\`wrk -t1 -c24 -d${DUR}s /sleep50\`" \
+                "and at the same time \`wrk --latency -t1 -c4 -d${DUR}s /\`)"
+            echo
+            table S8 "fast_rps:fast req/s:0:nrb" "fast_p99:fast p99 ms:2:rb" "slow_rps:/sleep50 req/s:0:n" \
+                "err:errors (both):0:"
+            echo
+            echo "/sleep50 at most 24 / 0.05 s = 480 req/s."
+            ;;
+        S9)
+            echo "### S9: wake-ups and CPU while one handler sleeps 3 s (\`curl -m 10 /sleep3s\`, watched 0.5 to 2.5 s" \
+                "after it starts), and idle (2 s, no request)"
+            echo
+            table S9 "wake:wake-ups/s, handler sleeping:1:" "cpu:CPU ms/s, handler sleeping:1:" \
+                "idle_wake:wake-ups/s idle:1:" "idle_cpu:CPU ms/s idle:1:" "threads:threads, handler sleeping:0:"
+            echo
+            echo "Wake-ups: voluntary + involuntary context switches summed over the server's threads" \
+                "(/proc/PID/task/*/status), per second. CPU: utime + stime (/proc/PID/stat), in ticks of" \
+                "$((1000 / CLK_TCK)) ms, so over 2 s to the nearest $((500 / CLK_TCK)) ms/s."
+            ;;
+        S10)
+            echo "### S10: hello at 1000 connections (\`wrk -t1 -c1000 -d${DUR}s --latency /\`)"
+            echo
+            table S10 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors (socket + non-2xx/3xx):0:" \
+                "threads:threads at 80 %:0:r" "probe:new client mid-run ms:2:"
+            echo
+            echo "ours vs limit (req/s): $(ratio "$(cell S10 ours rps)" "$(cell S10 limit rps)")"
             ;;
     esac
     local loads
@@ -565,13 +777,20 @@ lock_version() {
 header() {
     echo "## Run of $STARTED to $(date -u +%H:%M) UTC"
     echo
-    echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
+    echo "- machine: $CORES cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
         "$(uname -sr); load average before: $LOAD_BEFORE"
     echo "- $(rustc --version); crates (bench/Cargo.lock): hyper $(lock_version hyper)," \
         "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra) (astra04, ours)," \
         "tiny_http $(lock_version tiny_http), mio $(lock_version mio)"
     echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
         "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null)"
+    if [ "$PIN" = 1 ]; then
+        echo "- mode: pinned (PIN=1): every server under \`taskset -c $PIN_SERVER_CPUS\`, every load tool" \
+            "and the driver under \`taskset -c $PIN_LOAD_CPUS\`; servers size themselves from their" \
+            "affinity mask ($(taskset -c "$PIN_SERVER_CPUS" nproc) CPU(s)); ratios are per core"
+    else
+        echo "- mode: shared (PIN=0): servers and load tools unpinned, sharing all $CORES cores"
+    fi
     echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
         "S3 $S3_CONNS connections, S4 $S4_N requests; every server fresh for every repetition;" \
         "ratios are to $REFERENCE in this run (for latency, threads, RSS and time: lower is better)"
@@ -602,6 +821,12 @@ main() {
     install_tools
     build
     raise_fd_limit
+    if [ "$PIN" = 1 ]; then
+        # The driver's own sleeps, awks and curls go with the load tools, off the
+        # servers' CPU(s); the build above had every core.
+        taskset -cp "$PIN_LOAD_CPUS" $$ >/dev/null
+        log "pinned: servers on CPU(s) $PIN_SERVER_CPUS, load tools on $PIN_LOAD_CPUS"
+    fi
     LOAD_BEFORE=$(cat /proc/loadavg)
     log "logs in $LOGDIR"
     local sc

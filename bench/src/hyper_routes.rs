@@ -1,10 +1,10 @@
-// Shared pieces of the two hyper + tokio servers, included by `hyper_tokio` and
-// `hyper_blocking`.
+// Shared pieces of the hyper + tokio servers, included by `hyper_tokio`,
+// `hyper_tokio_64k` and `hyper_blocking`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use astra_bench::{route, Route, HELLO, ONE_K, SLEEP};
+use astra_bench::{route, Route, HELLO, ONE_K};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -21,14 +21,14 @@ fn text(status: StatusCode, body: Bytes) -> Reply {
     response
 }
 
-/// The routes, async flavour: `/sleep` awaits a tokio timer.
+/// The routes, async flavour: the sleeping routes await a tokio timer.
 #[allow(dead_code)]
 async fn handle_async(request: Request<Incoming>) -> Result<Reply, Infallible> {
     let which = route(request.method().as_str(), request.uri().path());
     Ok(match which {
         Route::Hello => text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes())),
-        Route::Sleep => {
-            tokio::time::sleep(SLEEP).await;
+        Route::Sleep(how_long) => {
+            tokio::time::sleep(how_long).await;
             text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes()))
         }
         Route::OneK => text(StatusCode::OK, Bytes::from_static(&ONE_K)),
@@ -60,8 +60,8 @@ async fn handle_async(request: Request<Incoming>) -> Result<Reply, Infallible> {
 fn handle_blocking(request: Request<Incoming>, runtime: tokio::runtime::Handle) -> Reply {
     match route(request.method().as_str(), request.uri().path()) {
         Route::Hello => text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes())),
-        Route::Sleep => {
-            std::thread::sleep(SLEEP);
+        Route::Sleep(how_long) => {
+            std::thread::sleep(how_long);
             text(StatusCode::OK, Bytes::from_static(HELLO.as_bytes()))
         }
         Route::OneK => text(StatusCode::OK, Bytes::from_static(&ONE_K)),
@@ -88,8 +88,10 @@ fn handle_blocking(request: Request<Incoming>, runtime: tokio::runtime::Handle) 
 }
 
 /// The idiomatic accept loop: one tokio task per connection, served by
-/// hyper-util's auto (HTTP/1 + HTTP/2 prior knowledge) builder.
-async fn accept_loop<F, Fut>(handler: F)
+/// hyper-util's auto (HTTP/1 + HTTP/2 prior knowledge) builder, at hyper's
+/// defaults except, if given, the HTTP/1 read buffer's cap
+/// (`http1().max_buf_size`).
+async fn accept_loop<F, Fut>(handler: F, http1_max_buf_size: Option<usize>)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Reply, Infallible>> + Send + 'static,
@@ -121,8 +123,11 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handler(req));
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let service = hyper::service::service_fn(handler);
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if let Some(max) = http1_max_buf_size {
+                builder.http1().max_buf_size(max);
+            }
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

@@ -4,6 +4,8 @@
 //!
 //! * `GET /` — `Hello, World!`
 //! * `GET /sleep` — blocks (or, for async servers, awaits a timer) 10 ms, then `Hello, World!`
+//! * `GET /sleep50` — the same for 50 ms
+//! * `GET /sleep3s` — the same for 3 s
 //! * `GET /1k` — 1024 bytes
 //! * `POST /echo` — reads the whole body as a stream, counting bytes, and answers
 //!   the count as decimal text
@@ -14,25 +16,34 @@ use std::time::Duration;
 /// Default listen address when argv[1] is absent.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 
-/// Body of `GET /` and `GET /sleep`.
+/// Body of `GET /` and of the sleeping routes.
 pub const HELLO: &str = "Hello, World!";
 
 /// How long `GET /sleep` waits.
 pub const SLEEP: Duration = Duration::from_millis(10);
+
+/// How long `GET /sleep50` waits.
+pub const SLEEP50: Duration = Duration::from_millis(50);
+
+/// How long `GET /sleep3s` waits.
+pub const SLEEP3S: Duration = Duration::from_secs(3);
 
 /// Body of `GET /1k`.
 pub static ONE_K: [u8; 1024] = [b'x'; 1024];
 
 /// The listen address: argv[1], or [`DEFAULT_ADDR`].
 pub fn listen_addr() -> String {
-    std::env::args().nth(1).unwrap_or_else(|| DEFAULT_ADDR.to_string())
+    std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string())
 }
 
 /// Which route a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Hello,
-    Sleep,
+    /// `/sleep`, `/sleep50` and `/sleep3s`: wait this long, then `Hello, World!`.
+    Sleep(Duration),
     OneK,
     Echo,
     NotFound,
@@ -42,7 +53,9 @@ pub enum Route {
 pub fn route(method: &str, path: &str) -> Route {
     match (method, path) {
         ("GET", "/") => Route::Hello,
-        ("GET", "/sleep") => Route::Sleep,
+        ("GET", "/sleep") => Route::Sleep(SLEEP),
+        ("GET", "/sleep50") => Route::Sleep(SLEEP50),
+        ("GET", "/sleep3s") => Route::Sleep(SLEEP3S),
         ("GET", "/1k") => Route::OneK,
         ("POST", "/echo") => Route::Echo,
         _ => Route::NotFound,

@@ -17,5 +17,5 @@ async fn handle(request: Request<Incoming>) -> Result<Reply, Infallible> {
 
 #[tokio::main]
 async fn main() {
-    accept_loop(handle).await;
+    accept_loop(handle, None).await;
 }

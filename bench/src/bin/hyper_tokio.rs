@@ -5,5 +5,5 @@ include!("../hyper_routes.rs");
 
 #[tokio::main]
 async fn main() {
-    accept_loop(handle_async).await;
+    accept_loop(handle_async, None).await;
 }

@@ -56,7 +56,7 @@ fn exchange(stream: &mut TcpStream, deadline: Instant) -> io::Result<()> {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
                 let line = head.lines().next().unwrap_or("").to_string();
-                return Err(io::Error::new(io::ErrorKind::Other, format!("status {line:?}")));
+                return Err(io::Error::other(format!("status {line:?}")));
             }
             let length = head
                 .lines()
@@ -109,7 +109,9 @@ fn say(line: &str) {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| astra_bench::DEFAULT_ADDR.to_string());
+    let addr = args
+        .next()
+        .unwrap_or_else(|| astra_bench::DEFAULT_ADDR.to_string());
     let count: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5000);
     let hold = Duration::from_secs(args.next().and_then(|s| s.parse().ok()).unwrap_or(30));
     let addr = match addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
@@ -150,9 +152,10 @@ fn main() {
             "latency_ms {:.3}",
             probe_start.elapsed().as_secs_f64() * 1000.0
         )),
-        Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-            say(&format!("latency failed: no answer in {} s", PROBE_TIMEOUT.as_secs()))
-        }
+        Err(err) if err.kind() == io::ErrorKind::TimedOut => say(&format!(
+            "latency failed: no answer in {} s",
+            PROBE_TIMEOUT.as_secs()
+        )),
         Err(err) => say(&format!("latency failed: {err}")),
     }
     say("holding");

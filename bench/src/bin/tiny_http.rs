@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use astra_bench::{route, Route, HELLO, ONE_K, SLEEP};
+use astra_bench::{route, Route, HELLO, ONE_K};
 use tiny_http::{Request, Response, Server};
 
 fn answer(mut request: Request) {
     let which = route(request.method().as_str(), request.url());
     let result = match which {
         Route::Hello => request.respond(Response::from_string(HELLO)),
-        Route::Sleep => {
-            std::thread::sleep(SLEEP);
+        Route::Sleep(how_long) => {
+            std::thread::sleep(how_long);
             request.respond(Response::from_string(HELLO))
         }
         Route::OneK => request.respond(Response::from_data(&ONE_K[..])),
