@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::park::Parker;
 use super::reactor::Reactor;
-use super::sync::{self, thread, Arc, Condvar, Mutex, MutexGuard};
+use super::sync::{self, thread, Arc, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 use super::task::Task;
 
 /// A unit of work that runs user code (a handler call, a body read).
@@ -57,9 +57,20 @@ pub(crate) struct Pool(Arc<Shared>);
 struct Shared {
     reactor: Reactor,
     config: PoolConfig,
+    /// CPUs this process may run on. Queued work wakes a parked worker only
+    /// while fewer free workers than that are awake: more would only take
+    /// turns on the same CPUs, at the price of a wake-up and a sleep each.
+    cpus: usize,
     state: Mutex<State>,
     /// Signalled whenever a worker exits (`Pool::shutdown` waits on it).
     exited: Condvar,
+    /// Workers inside user code. Changed without the lock, so that entering
+    /// and leaving user code usually costs two atomic operations.
+    in_user: AtomicUsize,
+    /// Copies of `State::workers` and `State::idle.len()`, written under the
+    /// lock, read without it by `enter_user`'s fast path.
+    workers: AtomicUsize,
+    idle: AtomicUsize,
 }
 
 struct State {
@@ -67,8 +78,6 @@ struct State {
     jobs: VecDeque<Job>,
     /// Live workers, counting those being started.
     workers: usize,
-    /// Workers inside user code.
-    in_user: usize,
     /// Parked workers, the most recently parked last (woken first: its cache
     /// is warm).
     idle: Vec<Arc<Parker>>,
@@ -93,13 +102,6 @@ enum Polling {
 }
 
 impl State {
-    /// Workers that are neither inside user code nor parked: running tasks,
-    /// polling, or just woken.
-    fn free_awake(&self) -> usize {
-        debug_assert!(self.in_user + self.idle.len() <= self.workers);
-        self.workers - self.in_user - self.idle.len()
-    }
-
     fn queued(&self) -> bool {
         !self.tasks.is_empty() || !self.jobs.is_empty()
     }
@@ -145,17 +147,20 @@ impl Pool {
         Pool(Arc::new(Shared {
             reactor,
             config,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             state: Mutex::new(State {
                 tasks: VecDeque::new(),
                 jobs: VecDeque::new(),
                 workers: 0,
-                in_user: 0,
                 idle: Vec::new(),
                 helpers: Vec::new(),
                 polling: Polling::No,
                 shutdown: false,
             }),
             exited: Condvar::new(),
+            in_user: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
         }))
     }
 
@@ -241,7 +246,7 @@ impl Pool {
     pub(crate) fn ensure_poller(&self) {
         let shared = &self.0;
         let mut state = shared.lock();
-        if state.polling != Polling::No || state.free_awake() > 0 {
+        if state.polling != Polling::No || shared.free_awake(&state) > 0 {
             return;
         }
         let start = shared.find_runner(&mut state, true);
@@ -261,6 +266,7 @@ impl Pool {
         for parker in state.idle.drain(..) {
             parker.unpark();
         }
+        shared.publish(&state);
         shared.reactor.wake_driver();
         let deadline = Instant::now() + wait;
         while state.workers > 0 {
@@ -334,7 +340,8 @@ impl Pool {
     #[cfg(test)]
     fn snapshot(&self) -> (usize, usize, usize) {
         let state = self.0.lock();
-        (state.workers, state.in_user, state.idle.len())
+        let in_user = self.0.in_user.load(Ordering::SeqCst);
+        (state.workers, in_user, state.idle.len())
     }
 }
 
@@ -372,19 +379,44 @@ impl Shared {
         sync::lock(&self.state)
     }
 
+    /// Workers that are neither inside user code nor parked: running tasks,
+    /// polling, or just woken.
+    fn free_awake(&self, state: &State) -> usize {
+        // A worker inside user code is live and not parked, so this does not
+        // underflow; `in_user` may move meanwhile, within those bounds.
+        state
+            .workers
+            .saturating_sub(state.idle.len() + self.in_user.load(Ordering::SeqCst))
+    }
+
+    /// Copies the counts `enter_user` reads without the lock; called under
+    /// it after each change.
+    fn publish(&self, state: &State) {
+        self.workers.store(state.workers, Ordering::SeqCst);
+        self.idle.store(state.idle.len(), Ordering::SeqCst);
+    }
+
+    fn pop_idle(&self, state: &mut State) -> Option<Arc<Parker>> {
+        let parker = state.idle.pop()?;
+        self.publish(state);
+        Some(parker)
+    }
+
     /// Work was just queued: makes sure some thread will run it, cheapest way
     /// first. Returns true if the caller must start a worker (after unlocking).
     fn find_runner(&self, state: &mut State, is_task: bool) -> bool {
-        if let Some(parker) = state.idle.pop() {
-            parker.unpark();
-            return false;
+        if self.free_awake(state) < self.cpus {
+            if let Some(parker) = self.pop_idle(state) {
+                parker.unpark();
+                return false;
+            }
         }
         if state.polling == Polling::Worker {
             state.polling = Polling::Interrupted;
             self.reactor.wake_driver();
             return false;
         }
-        if state.free_awake() > 0 {
+        if self.free_awake(state) > 0 {
             // A worker is running a task and returns to the queue afterwards.
             return false;
         }
@@ -396,10 +428,10 @@ impl Shared {
     /// queued work pass on at once. Returns true if the caller must start a
     /// worker (after unlocking).
     fn hand_off(&self, state: &mut State) -> bool {
-        if state.free_awake() > 0 || state.shutdown {
+        if self.free_awake(state) > 0 || state.shutdown {
             return false;
         }
-        if let Some(parker) = state.idle.pop() {
+        if let Some(parker) = self.pop_idle(state) {
             parker.unpark();
             return false;
         }
@@ -415,6 +447,7 @@ impl Shared {
     fn grow(&self, state: &mut State, is_task: bool) -> bool {
         if state.workers < self.config.max_workers {
             state.workers += 1;
+            self.publish(state);
             return true;
         }
         if is_task {
@@ -438,14 +471,25 @@ impl Shared {
             log::error!("could not start a worker thread: {err}");
             let mut state = self.lock();
             state.workers -= 1;
+            self.publish(&state);
             self.exited.notify_all();
         }
     }
 
     /// Counts the current worker into user code, handing its roles on.
     fn enter_user(self: &Arc<Self>) {
+        let in_user = self.in_user.fetch_add(1, Ordering::SeqCst) + 1;
+        // Fast path: another worker is free and awake. It cannot park
+        // without leaving a poller behind (a worker parks only while another
+        // thread polls), and of two workers entering at once the second to
+        // count itself sees the first's count too: they cannot both take the
+        // other for the free one.
+        let workers = self.workers.load(Ordering::SeqCst);
+        let idle = self.idle.load(Ordering::SeqCst);
+        if workers > in_user + idle {
+            return;
+        }
         let mut state = self.lock();
-        state.in_user += 1;
         let start = self.hand_off(&mut state);
         drop(state);
         if start {
@@ -454,7 +498,7 @@ impl Shared {
     }
 
     fn exit_user(&self) {
-        self.lock().in_user -= 1;
+        self.in_user.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// One step of waiting for `parker` to be unparked (or `deadline`), for a
@@ -470,7 +514,7 @@ impl Shared {
             return parker.take();
         }
         let mut state = self.lock();
-        let nobody_else = state.free_awake() == 0;
+        let nobody_else = self.free_awake(&state) == 0;
         if nobody_else {
             if let Some(task) = state.tasks.pop_front() {
                 drop(state);
@@ -662,6 +706,7 @@ fn worker_main(shared: Arc<Shared>) {
         }
         if state.shutdown {
             state.workers -= 1;
+            shared.publish(&state);
             shared.exited.notify_all();
             return;
         }
@@ -681,6 +726,7 @@ fn worker_main(shared: Arc<Shared>) {
             }
         }
         state.idle.push(parker.clone());
+        shared.publish(&state);
         drop(state);
         let deadline = shared.config.keep_alive.map(|k| Instant::now() + k);
         if parker.park(deadline) {
@@ -693,9 +739,11 @@ fn worker_main(shared: Arc<Shared>) {
             continue;
         };
         state.idle.remove(at);
+        shared.publish(&state);
         // An idle worker leaves, but one always stays to poll the reactor.
         if state.workers > 1 && !state.queued() && !state.shutdown {
             state.workers -= 1;
+            shared.publish(&state);
             shared.exited.notify_all();
             return;
         }

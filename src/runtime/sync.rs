@@ -18,7 +18,7 @@ pub(crate) use std::sync::Arc;
 
 #[cfg(not(astra_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(astra_loom))]
@@ -26,7 +26,7 @@ pub(crate) use std::thread;
 
 #[cfg(astra_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
 #[cfg(astra_loom)]
