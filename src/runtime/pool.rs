@@ -16,7 +16,9 @@
 //! runs connection tasks and polls the reactor while it waits (see
 //! [`wait_for_wake`]). So the pool grows only because handlers are inside user
 //! code, up to `max_workers`; a server with nothing ready has one worker asleep
-//! in `epoll_wait` and nothing else awake.
+//! in `epoll_wait` and nothing else awake. Queued work wakes a parked worker
+//! only while fewer free workers than CPUs are awake: more would only take
+//! turns on the same CPUs.
 //!
 //! All locks and atomics come from `super::sync`, so the protocol runs under
 //! loom (`--cfg astra_loom`); the models are in `super::models`.
