@@ -198,14 +198,25 @@ record_fail() {
 
 is_number() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
 
+# first_failure FILE: prints the first line of FILE that is not a number (a
+# "failed: ..." cell) and succeeds, or fails if every line is a number.
+first_failure() {
+    local line
+    while IFS= read -r line; do
+        is_number "$line" || { echo "$line"; return 0; }
+    done <"$1"
+    return 1
+}
+
 # cell SCENARIO SERVER METRIC: the median of the repetitions, or the first
 # failure among them, or "-" if nothing was recorded.
 cell() {
-    local file="$RES/$1/$2/$3" line
+    local file="$RES/$1/$2/$3" why
     [ -s "$file" ] || { echo "-"; return; }
-    while IFS= read -r line; do
-        is_number "$line" || { echo "$line"; return; }
-    done <"$file"
+    if why=$(first_failure "$file"); then
+        echo "$why"
+        return
+    fi
     sort -g "$file" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
@@ -224,11 +235,9 @@ ratio() {
 # spread SCENARIO SERVER METRIC DECIMALS: "min–max (x %)" of the repetitions,
 # x being (max - min) / median; "1 run" for one; "-" if any failed.
 spread() {
-    local file="$RES/$1/$2/$3" line
+    local file="$RES/$1/$2/$3"
     [ -s "$file" ] || { echo "-"; return; }
-    while IFS= read -r line; do
-        is_number "$line" || { echo "-"; return; }
-    done <"$file"
+    first_failure "$file" >/dev/null && { echo "-"; return; }
     sort -g "$file" | awk -v d="$4" '
         { v[NR] = $1 }
         END {
