@@ -11,7 +11,7 @@ use std::time::Duration;
 use mio::event::Source;
 use mio::{Events, Interest, Registry, Token};
 
-use super::sync::{self, Arc, Mutex, MutexGuard};
+use super::sync::{self, Arc, AtomicU64, Mutex, MutexGuard, Ordering};
 use super::timer::Timers;
 
 /// The token of the waker that interrupts a blocked `poll`.
@@ -35,37 +35,59 @@ fn closed_bit(direction: u8) -> u8 {
 
 /// Readiness and wakers of one registered socket.
 pub(crate) struct ScheduledIo {
-    state: Mutex<IoState>,
+    /// READABLE | WRITABLE | *_CLOSED bits believed true (the low byte), and a
+    /// tick bumped by every event (the rest), in one word so that the common
+    /// poll, which finds the socket ready, takes no lock. Starts with both
+    /// directions ready, so the first read is attempted without waiting for an
+    /// event: a request that arrived before the socket was registered is never
+    /// lost. The tick lets a `WouldBlock` clear only readiness that no event
+    /// has refreshed since the attempt began.
+    readiness: AtomicU64,
+    wakers: Mutex<IoWakers>,
 }
 
-struct IoState {
-    /// READABLE | WRITABLE bits believed true. Starts with both set, so the first
-    /// read is attempted without waiting for an event: a request that arrived
-    /// before the socket was registered is never lost.
-    readiness: u8,
-    /// Bumped by every event, so a `WouldBlock` only clears readiness that no
-    /// event has refreshed since the attempt began.
-    tick: u64,
+#[derive(Default)]
+struct IoWakers {
     reader: Option<Waker>,
     writer: Option<Waker>,
 }
 
+/// Where the tick starts in `ScheduledIo::readiness`.
+const TICK_SHIFT: u32 = 8;
+const BITS: u64 = (1 << TICK_SHIFT) - 1;
+
 impl ScheduledIo {
+    fn new() -> ScheduledIo {
+        ScheduledIo {
+            readiness: AtomicU64::new(u64::from(READABLE | WRITABLE)),
+            wakers: Mutex::new(IoWakers::default()),
+        }
+    }
+
     /// Ready when `direction` is believed ready; otherwise stores the waker.
     /// Returns the tick to hand back to [`ScheduledIo::clear`].
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>, direction: u8) -> Poll<u64> {
-        let mut state = self.lock();
-        if state.readiness & (direction | closed_bit(direction)) != 0 {
-            return Poll::Ready(state.tick);
+        let wanted = u64::from(direction | closed_bit(direction));
+        let word = self.readiness.load(Ordering::Acquire);
+        if word & wanted != 0 {
+            return Poll::Ready(word >> TICK_SHIFT);
         }
+        let mut wakers = sync::lock(&self.wakers);
         let slot = if direction == READABLE {
-            &mut state.reader
+            &mut wakers.reader
         } else {
-            &mut state.writer
+            &mut wakers.writer
         };
         match slot {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
+        }
+        // `set` updates the word before it takes the wakers' lock: an event
+        // that came in since the load above is either seen here or finds the
+        // waker just stored.
+        let word = self.readiness.load(Ordering::Acquire);
+        if word & wanted != 0 {
+            return Poll::Ready(word >> TICK_SHIFT);
         }
         Poll::Pending
     }
@@ -73,26 +95,43 @@ impl ScheduledIo {
     /// Forgets `direction`'s readiness after a `WouldBlock`, unless an event came
     /// in after `tick` was read.
     pub(crate) fn clear(&self, direction: u8, tick: u64) {
-        let mut state = self.lock();
-        if state.tick == tick {
-            state.readiness &= !direction;
+        let mut word = self.readiness.load(Ordering::Acquire);
+        while word >> TICK_SHIFT == tick {
+            let cleared = word & !u64::from(direction);
+            match self.readiness.compare_exchange_weak(
+                word,
+                cleared,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
         }
     }
 
     fn set(&self, readiness: u8, wakers: &mut Vec<Waker>) {
-        let mut state = self.lock();
-        state.readiness |= readiness;
-        state.tick += 1;
+        let mut word = self.readiness.load(Ordering::Acquire);
+        loop {
+            let tick = (word >> TICK_SHIFT).wrapping_add(1);
+            let next = (tick << TICK_SHIFT) | (word & BITS) | u64::from(readiness);
+            match self.readiness.compare_exchange_weak(
+                word,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        let mut io_wakers = sync::lock(&self.wakers);
         if readiness & (READABLE | READ_CLOSED) != 0 {
-            wakers.extend(state.reader.take());
+            wakers.extend(io_wakers.reader.take());
         }
         if readiness & (WRITABLE | WRITE_CLOSED) != 0 {
-            wakers.extend(state.writer.take());
+            wakers.extend(io_wakers.writer.take());
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, IoState> {
-        sync::lock(&self.state)
     }
 }
 
@@ -153,19 +192,12 @@ impl Reactor {
     }
 
     /// Registers `source` for both directions; its readiness starts as "ready"
-    /// (see [`IoState::readiness`]).
+    /// (see [`ScheduledIo::readiness`]).
     pub(crate) fn register(
         &self,
         source: &mut impl Source,
     ) -> io::Result<(usize, Arc<ScheduledIo>)> {
-        let io = Arc::new(ScheduledIo {
-            state: Mutex::new(IoState {
-                readiness: READABLE | WRITABLE,
-                tick: 0,
-                reader: None,
-                writer: None,
-            }),
-        });
+        let io = Arc::new(ScheduledIo::new());
         // Routable before registered: an event that arrives between the two steps
         // finds its entry.
         let token = {
