@@ -252,10 +252,7 @@ impl Pool {
             return;
         }
         let start = shared.find_runner(&mut state, true);
-        drop(state);
-        if start {
-            shared.start_worker();
-        }
+        shared.unlock_then_start(state, start);
     }
 
     /// Stops the pool's threads once they have nothing left to do, and waits
@@ -322,10 +319,7 @@ impl Pool {
             any = Some(any.unwrap_or(false) || is_task);
         }
         let start = any.is_some_and(|is_task| shared.find_runner(&mut state, is_task));
-        drop(state);
-        if start {
-            shared.start_worker();
-        }
+        shared.unlock_then_start(state, start);
     }
 
     fn push_global(&self, runnable: Runnable) {
@@ -333,10 +327,7 @@ impl Pool {
         let mut state = shared.lock();
         let is_task = state.enqueue(runnable);
         let start = shared.find_runner(&mut state, is_task);
-        drop(state);
-        if start {
-            shared.start_worker();
-        }
+        shared.unlock_then_start(state, start);
     }
 
     #[cfg(test)]
@@ -463,6 +454,22 @@ impl Shared {
         false
     }
 
+    /// Releases the lock, then starts the worker `grow` counted in, if it
+    /// did: threads are started outside the lock.
+    fn unlock_then_start(self: &Arc<Self>, state: MutexGuard<'_, State>, start: bool) {
+        drop(state);
+        if start {
+            self.start_worker();
+        }
+    }
+
+    /// `hand_off` under the lock, starting a worker if it asks for one.
+    fn hand_off_now(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let start = self.hand_off(&mut state);
+        self.unlock_then_start(state, start);
+    }
+
     /// Starts a worker already counted in `workers` (by `grow`).
     fn start_worker(self: &Arc<Self>) {
         let shared = self.clone();
@@ -491,12 +498,7 @@ impl Shared {
         if workers > in_user + idle {
             return;
         }
-        let mut state = self.lock();
-        let start = self.hand_off(&mut state);
-        drop(state);
-        if start {
-            self.start_worker();
-        }
+        self.hand_off_now();
     }
 
     fn exit_user(&self) {
@@ -545,12 +547,7 @@ impl Shared {
                 if parker.is_notified() {
                     // Going back to user code (or out of the pool): the I/O
                     // role must not leave with this thread.
-                    let mut state = self.lock();
-                    let start = self.hand_off(&mut state);
-                    drop(state);
-                    if start {
-                        self.start_worker();
-                    }
+                    self.hand_off_now();
                 }
                 return true;
             }
