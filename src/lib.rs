@@ -22,12 +22,22 @@ mod service;
 mod shutdown;
 #[cfg(not(astra_loom))]
 mod timeouts;
+#[cfg(all(feature = "tls", not(astra_loom)))]
+mod tls;
 
 #[cfg(not(astra_loom))]
 pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
+/// The rustls this crate is built with, for [`TlsConfig`]'s `From<ServerConfig>`
+/// and the types [`TlsInfo`] returns.
+#[cfg(all(feature = "tls", not(astra_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use rustls;
 #[cfg(not(astra_loom))]
 pub use server::Server;
 #[cfg(not(astra_loom))]
 pub use service::{ConnectionInfo, Service};
 #[cfg(not(astra_loom))]
 pub use shutdown::ServerHandle;
+#[cfg(all(feature = "tls", not(astra_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::{TlsConfig, TlsInfo};

@@ -51,6 +51,7 @@ const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// "No limit", where hyper takes only a `Duration`: about 136
 /// years, long enough never to run out, short enough that adding it to an
 /// `Instant` cannot overflow.
+#[cfg(feature = "http2")]
 const NO_LIMIT: Duration = Duration::from_secs(u32::MAX as u64);
 const LISTENER: mio::Token = mio::Token(0);
 const WAKER: mio::Token = mio::Token(1);
@@ -73,6 +74,9 @@ pub struct Server {
     listener: TcpListener,
     config: Config,
     signal: Arc<Signal>,
+    /// The TLS configuration for new connections, shared with every handle.
+    #[cfg(feature = "tls")]
+    tls: Arc<crate::tls::TlsSlot>,
 }
 
 #[derive(Clone, Debug)]
@@ -206,6 +210,8 @@ impl Server {
             listener,
             config: Config::default(),
             signal: Arc::default(),
+            #[cfg(feature = "tls")]
+            tls: Arc::default(),
         }
     }
 
@@ -292,6 +298,13 @@ impl Server {
             },
         );
         let protocols = Arc::new(self.config.protocols(&pool));
+        #[cfg(feature = "tls")]
+        self.tls.start(match self.config.mode {
+            Mode::Http1Only => crate::tls::default_alpn(false),
+            #[cfg(feature = "http2")]
+            Mode::Http2Only => vec![b"h2"],
+            Mode::Auto => crate::tls::default_alpn(true),
+        });
         self.listener.set_nonblocking(true)?;
         let mut listener = mio::net::TcpListener::from_std(self.listener);
         let mut poll = mio::Poll::new()?;
@@ -325,7 +338,16 @@ impl Server {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    start_connection(stream, peer, &pool, &protocols, &service, &signal);
+                    start_connection(
+                        stream,
+                        peer,
+                        &pool,
+                        &protocols,
+                        &service,
+                        &signal,
+                        #[cfg(feature = "tls")]
+                        self.tls.current(),
+                    );
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     wait(&mut poll, &mut events, None);
@@ -391,6 +413,8 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             signal: self.signal.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
         }
     }
 
@@ -721,6 +745,36 @@ impl Server {
         self.config.http2.enable_connect_protocol = true;
         self
     }
+
+    /// Serves HTTPS: every connection starts with a TLS handshake, run in the
+    /// connection's task like its reads and writes (a slow or silent client
+    /// holds no thread; the handshake counts against
+    /// [`http1_header_read_timeout`](Server::http1_header_read_timeout)).
+    /// ALPN chooses the protocol: HTTP/2 for `h2` (with the `http2`
+    /// feature), HTTP/1.1 otherwise; [`http1_only`](Server::http1_only) and
+    /// `http2_only` narrow what is offered. A plain-HTTP request on this port
+    /// gets a `400` saying so, and the connection closes.
+    ///
+    /// ```no_run
+    /// use astra::{Body, ConnectionInfo, Request, Response, Server, TlsConfig};
+    ///
+    /// Server::bind("0.0.0.0:8443")
+    ///     .tls(TlsConfig::from_pem_files("cert.pem", "key.pem")?)
+    ///     .serve(|_request: Request, info: ConnectionInfo| {
+    ///         let tls = info.tls().expect("every connection is TLS");
+    ///         Response::new(Body::new(format!("{:?}", tls.protocol_version())))
+    ///     })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// Certificates can be replaced while serving, with
+    /// [`ServerHandle::reload_tls`].
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(self, tls: crate::TlsConfig) -> Self {
+        self.tls.set(tls);
+        self
+    }
 }
 
 impl Config {
@@ -801,6 +855,7 @@ fn start_connection(
     protocols: &Arc<Protocols>,
     service: &Arc<dyn SharedService>,
     signal: &Arc<Signal>,
+    #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     if let Err(err) = stream.set_nodelay(true) {
         log::debug!("could not set TCP_NODELAY for {peer}: {err}");
@@ -816,13 +871,22 @@ fn start_connection(
         service: service.clone(),
         info: ConnectionInfo {
             peer_addr: Some(peer),
+            #[cfg(feature = "tls")]
+            tls: None,
         },
         pool: pool.clone(),
         activity: conn.activity().clone(),
         body_read_timeout: protocols.timeouts.body_read,
     };
     let guard = signal.connection();
-    pool.spawn(conn::serve(conn, protocols.clone(), service, guard));
+    pool.spawn(conn::serve(
+        conn,
+        protocols.clone(),
+        service,
+        guard,
+        #[cfg(feature = "tls")]
+        tls,
+    ));
 }
 
 /// Errors that concern only the connection being accepted.

@@ -16,6 +16,8 @@ use crate::timeouts::{Activity, InFlight};
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionInfo {
     pub(crate) peer_addr: Option<SocketAddr>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<crate::tls::TlsInfo>>,
 }
 
 impl ConnectionInfo {
@@ -34,6 +36,24 @@ impl ConnectionInfo {
     /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// The connection's TLS session (server name, ALPN protocol, version,
+    /// client certificates), or `None` on a plain-HTTP connection.
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn whoami(_request: Request, info: ConnectionInfo) -> Response {
+    ///     let name = info.tls().and_then(|tls| tls.server_name()).unwrap_or("(none)");
+    ///     Response::new(Body::new(format!("you asked for {name}")))
+    /// }
+    /// # let _ = whoami(Request::new(Body::empty()), ConnectionInfo::default());
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls.as_deref()
     }
 }
 
