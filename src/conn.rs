@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use hyper::server::conn::http1;
 
-use crate::net::TcpConn;
+use crate::net::Conn;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::service::HyperService;
 use crate::shutdown::ConnectionGuard;
@@ -38,7 +38,7 @@ pub(crate) struct Protocols {
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(
-    conn: TcpConn,
+    conn: Conn,
     protocols: Arc<Protocols>,
     service: HyperService,
     guard: ConnectionGuard,

@@ -12,6 +12,8 @@ mod conn;
 #[cfg(all(feature = "http2", not(astra_loom)))]
 mod detect;
 #[cfg(not(astra_loom))]
+mod listener;
+#[cfg(not(astra_loom))]
 mod net;
 mod runtime;
 #[cfg(not(astra_loom))]

@@ -16,10 +16,13 @@ use crate::timeouts::{Activity, InFlight};
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionInfo {
     pub(crate) peer_addr: Option<SocketAddr>,
+    /// The connection came over a Unix domain socket.
+    pub(crate) unix: bool,
 }
 
 impl ConnectionInfo {
-    /// The address of the client, if the socket could tell it.
+    /// The address of the client, if the socket could tell it: `None` on a
+    /// Unix domain socket (see [`ConnectionInfo::is_unix_socket`]).
     ///
     /// ```
     /// use astra::{Body, ConnectionInfo, Request, Response};
@@ -34,6 +37,26 @@ impl ConnectionInfo {
     /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// Whether the connection came over a Unix domain socket (a server bound
+    /// with [`Server::bind_unix`](crate::Server::bind_unix), say) rather than
+    /// TCP.
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn local_only(_request: Request, info: ConnectionInfo) -> Response {
+    ///     if info.is_unix_socket() {
+    ///         Response::new(Body::new("hello, neighbour"))
+    ///     } else {
+    ///         Response::new(Body::new("hello over the network"))
+    ///     }
+    /// }
+    /// # let _ = local_only(Request::new(Body::empty()), ConnectionInfo::default());
+    /// ```
+    pub fn is_unix_socket(&self) -> bool {
+        self.unix
     }
 }
 
