@@ -30,6 +30,6 @@ pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
 #[cfg(not(astra_loom))]
 pub use server::Server;
 #[cfg(not(astra_loom))]
-pub use service::{ConnectionInfo, Service};
+pub use service::{ConnectionInfo, PeerCredentials, Service};
 #[cfg(not(astra_loom))]
 pub use shutdown::ServerHandle;

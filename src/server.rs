@@ -924,8 +924,15 @@ fn start_connection(
                 ..ConnectionInfo::default()
             }
         }
-        Stream::Unix(_) => ConnectionInfo {
+        Stream::Unix(unix) => ConnectionInfo {
             unix: true,
+            peer_credentials: match crate::net::peer_credentials(unix) {
+                Ok(credentials) => Some(credentials),
+                Err(err) => {
+                    log::debug!("no credentials for a Unix socket client: {err}");
+                    None
+                }
+            },
             ..ConnectionInfo::default()
         },
     };

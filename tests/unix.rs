@@ -67,6 +67,46 @@ fn curl_gets_an_answer_over_a_unix_socket() {
 }
 
 #[test]
+fn peer_credentials_are_those_of_the_connecting_process() {
+    let dir = TempDir::new("unix-cred");
+    let server = Server::bind_unix(dir.join("s"));
+    let (path, handle, serving) = start_unix(server, |_request: Request, info: ConnectionInfo| {
+        let peer = info
+            .peer_credentials()
+            .expect("a Unix client has credentials");
+        Response::new(Body::new(format!(
+            "pid={:?} uid={} gid={}",
+            peer.pid(),
+            peer.uid(),
+            peer.gid()
+        )))
+    });
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let reply = raw_unix_request(&path, GET_CLOSE);
+    let ours = format!("pid=Some({}) uid={uid} gid={gid}", std::process::id());
+    assert!(reply.ends_with(&ours), "{reply}\nexpected {ours}");
+    // curl is another process: its pid, our user.
+    let body = curl_unix(&path, "/", &[]);
+    assert!(body.ends_with(&format!(" uid={uid} gid={gid}")), "{body}");
+    assert!(
+        !body.starts_with(&format!("pid=Some({})", std::process::id())),
+        "{body}"
+    );
+    stop(handle, serving);
+}
+
+#[test]
+fn tcp_connections_have_no_peer_credentials() {
+    let addr = start(server(), |_request: Request, info: ConnectionInfo| {
+        Response::new(Body::new(format!("{:?}", info.peer_credentials())))
+    });
+    assert_eq!(get(addr, "/"), (200, "None".to_string()));
+    assert_eq!(ConnectionInfo::default().peer_credentials(), None);
+    assert!(!ConnectionInfo::default().is_unix_socket());
+}
+
+#[test]
 fn keep_alive_requests_share_one_unix_connection() {
     let dir = TempDir::new("unix-keepalive");
     let (path, handle, serving) = start_unix(Server::bind_unix(dir.join("s")), describe);
