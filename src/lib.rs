@@ -6,6 +6,8 @@
 #![cfg_attr(astra_loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(astra_loom))]
+mod activation;
+#[cfg(not(astra_loom))]
 mod body;
 #[cfg(not(astra_loom))]
 mod conn;
@@ -25,6 +27,8 @@ mod shutdown;
 #[cfg(not(astra_loom))]
 mod timeouts;
 
+#[cfg(not(astra_loom))]
+pub use activation::ActivatedSockets;
 #[cfg(not(astra_loom))]
 pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
 #[cfg(not(astra_loom))]
