@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use hyper::server::conn::http1;
 
-use crate::net::TcpConn;
+use crate::net::Conn;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::service::HyperService;
 use crate::shutdown::ConnectionGuard;
@@ -38,13 +38,13 @@ pub(crate) struct Protocols {
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(
-    conn: TcpConn,
+    conn: Conn,
     protocols: Arc<Protocols>,
     service: HyperService,
     guard: ConnectionGuard,
     #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    let peer = service.info.peer_addr;
+    let peer = describe_peer(service.info.peer_addr);
     let activity = conn.activity().clone();
     let mut watch = Watch {
         protocols: protocols.clone(),
@@ -77,25 +77,30 @@ pub(crate) async fn serve(
                 watch.run(serve_http1(&protocols, conn, service)).await
             }
             Ended::Done(Err(err)) => {
-                log::debug!("connection from {peer:?} closed before its first request: {err}");
+                log::debug!("connection from {peer} closed before its first request: {err}");
                 return;
             }
             Ended::Closed(why) => {
-                log::debug!("closed the connection from {peer:?}: {why}");
+                log::debug!("closed the connection from {peer}: {why}");
                 return;
             }
         },
     };
-    log_end(peer, result);
+    log_end(&peer, result);
+}
+
+/// Names a client in log lines.
+pub(crate) fn describe_peer(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "a Unix socket client".into(), |peer| peer.to_string())
 }
 
 /// Logs how a connection ended.
-fn log_end(peer: Option<std::net::SocketAddr>, result: Ended<Result<(), hyper::Error>>) {
+fn log_end(peer: &str, result: Ended<Result<(), hyper::Error>>) {
     match result {
         Ended::Done(Ok(())) => {}
         // Clients that go away mid-request are routine; not worth a warning.
-        Ended::Done(Err(err)) => log::debug!("connection from {peer:?} ended with an error: {err}"),
-        Ended::Closed(why) => log::debug!("closed the connection from {peer:?}: {why}"),
+        Ended::Done(Err(err)) => log::debug!("connection from {peer} ended with an error: {err}"),
+        Ended::Closed(why) => log::debug!("closed the connection from {peer}: {why}"),
     }
 }
 
@@ -104,21 +109,21 @@ fn log_end(peer: Option<std::net::SocketAddr>, result: Ended<Result<(), hyper::E
 #[cfg(feature = "tls")]
 async fn serve_tls(
     mut watch: Watch,
-    conn: TcpConn,
+    conn: Conn,
     protocols: Arc<Protocols>,
     mut service: HyperService,
     config: Arc<rustls::ServerConfig>,
 ) {
-    let peer = service.info.peer_addr;
+    let peer = describe_peer(service.info.peer_addr);
     let accept = crate::tls::TlsStream::accept(conn, config);
     let stream = match watch.run(Prelude(Box::pin(accept))).await {
         Ended::Done(Ok(stream)) => stream,
         Ended::Done(Err(err)) => {
-            log::debug!("TLS handshake with {peer:?} failed: {err}");
+            log::debug!("TLS handshake with {peer} failed: {err}");
             return;
         }
         Ended::Closed(why) => {
-            log::debug!("closed the connection from {peer:?} during its TLS handshake: {why}");
+            log::debug!("closed the connection from {peer} during its TLS handshake: {why}");
             return;
         }
     };
@@ -133,13 +138,13 @@ async fn serve_tls(
         #[allow(unreachable_patterns)]
         (true, _) => {
             log::warn!(
-                "closed the connection from {peer:?}: ALPN chose h2, which this server does not \
+                "closed the connection from {peer}: ALPN chose h2, which this server does not \
                  serve (the TLS configuration offers it, but HTTP/2 is off)"
             );
             return;
         }
     };
-    log_end(peer, result);
+    log_end(&peer, result);
 }
 
 #[cfg(feature = "http2")]
