@@ -831,3 +831,42 @@ fn bad_certificate_files_give_errors_that_name_the_file_and_the_problem() {
     );
     assert!(from_memory.is_ok());
 }
+
+#[test]
+fn tls_works_over_a_unix_socket() {
+    need_curl!();
+    let pki = Pki::new("unix");
+    let cert = pki.server("localhost", &["localhost"]);
+    let path = pki.dir.join("https.sock");
+    let server = Server::try_bind_unix(&path).expect("bind the Unix socket");
+    let server = server.tls(tls_config(&cert));
+    thread::spawn(move || {
+        server.serve(|request: Request, info: ConnectionInfo| {
+            let mut described = String::new();
+            describe(request, info.clone())
+                .into_body()
+                .reader()
+                .read_to_string(&mut described)
+                .unwrap();
+            let text = format!(
+                "unix={} credentials={} {described}",
+                info.is_unix_socket(),
+                info.peer_credentials().is_some(),
+            );
+            Response::new(Body::new(text))
+        })
+    });
+    let ca = pki.ca_pem();
+    let out = curl_ok(&[
+        "--http1.1",
+        "--unix-socket",
+        path.to_str().unwrap(),
+        "--cacert",
+        ca.to_str().unwrap(),
+        "https://localhost/",
+    ]);
+    assert!(
+        out.starts_with("unix=true credentials=true version=Some(TLSv1_3) sni=localhost"),
+        "{out}"
+    );
+}
