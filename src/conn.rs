@@ -34,6 +34,7 @@ pub(crate) struct Protocols {
     pub(crate) http2: hyper::server::conn::http2::Builder<crate::runtime::Executor>,
     pub(crate) timeouts: Timeouts,
     pub(crate) timer: Timer,
+    pub(crate) upgrades: Arc<crate::upgrade::UpgradeContext>,
 }
 
 /// Serves one accepted connection until it closes.

@@ -28,6 +28,8 @@ mod shutdown;
 mod timeouts;
 #[cfg(all(feature = "tls", not(astra_loom)))]
 mod tls;
+#[cfg(not(astra_loom))]
+mod upgrade;
 
 #[cfg(not(astra_loom))]
 pub use activation::ActivatedSockets;
@@ -47,3 +49,5 @@ pub use shutdown::ServerHandle;
 #[cfg(all(feature = "tls", not(astra_loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::{TlsConfig, TlsInfo};
+#[cfg(not(astra_loom))]
+pub use upgrade::{Upgrade, Upgraded};

@@ -20,12 +20,17 @@ use crate::runtime::Pool;
 use crate::service::{ByClone, ByRef, ConnectionInfo, HyperService, Service, SharedService};
 use crate::shutdown::{ServerHandle, Signal};
 use crate::timeouts::Timeouts;
+use crate::upgrade::UpgradeContext;
 
 /// The default cap on worker threads, tokio's for its blocking pool: handlers
 /// block, so threads, not cores, bound how many requests are served at once
 /// (256 handlers sleeping 10 ms need 256 threads to serve 25,600 req/s). Threads
 /// start only as handlers block and exit when idle.
 const DEFAULT_MAX_WORKERS: usize = 512;
+/// The default cap on upgraded connections served as blocking streams
+/// ([`crate::Upgrade::respond`]): each holds a thread of its own, outside
+/// `max_workers`.
+const DEFAULT_MAX_BLOCKING_UPGRADES: usize = 256;
 /// The smallest `http1_max_buf_size` hyper accepts.
 const MIN_HTTP1_BUF_SIZE: usize = 8192;
 /// The default cap on a request head: nginx and Apache allow a few tens of KiB.
@@ -98,6 +103,7 @@ struct Config {
     timeouts: Timeouts,
     shutdown_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    max_blocking_upgrades: usize,
     #[cfg(feature = "http2")]
     http2: Http2Config,
 }
@@ -141,6 +147,7 @@ impl Default for Config {
             },
             shutdown_timeout: Some(Duration::from_secs(30)),
             max_connections: None,
+            max_blocking_upgrades: DEFAULT_MAX_BLOCKING_UPGRADES,
             #[cfg(feature = "http2")]
             http2: Http2Config::default(),
         }
@@ -409,7 +416,7 @@ impl Server {
                 keep_alive: self.config.worker_keep_alive,
             },
         );
-        let protocols = Arc::new(self.config.protocols(&pool));
+        let protocols = Arc::new(self.config.protocols(&pool, &signal));
         #[cfg(feature = "tls")]
         self.tls.start(match self.config.mode {
             Mode::Http1Only => crate::tls::default_alpn(false),
@@ -561,6 +568,19 @@ impl Server {
     pub fn max_connections(mut self, val: usize) -> Self {
         assert!(val > 0, "astra: max_connections must be at least 1");
         self.config.max_connections = Some(val);
+        self
+    }
+
+    /// The most upgraded connections served as blocking streams at once
+    /// ([`Upgrade::respond`](crate::Upgrade::respond)); default 256. Each
+    /// holds a thread of its own for its whole life, outside `max_workers`,
+    /// so upgrades never take the workers ordinary requests need. Past the
+    /// bound, an upgrade is answered `503 Service Unavailable` with
+    /// `Retry-After: 1`. Connections served by a task instead (the
+    /// `websocket` feature's message handlers) hold no thread and do not
+    /// count here.
+    pub fn max_blocking_upgrades(mut self, val: usize) -> Self {
+        self.config.max_blocking_upgrades = val;
         self
     }
 
@@ -890,7 +910,7 @@ impl Server {
 }
 
 impl Config {
-    fn protocols(&self, pool: &Pool) -> Protocols {
+    fn protocols(&self, pool: &Pool, signal: &Arc<Signal>) -> Protocols {
         let mut http1 = http1::Builder::new();
         http1
             .keep_alive(self.http1_keep_alive)
@@ -956,6 +976,13 @@ impl Config {
             http2,
             timeouts: self.timeouts,
             timer: Timer(pool.clone()),
+            upgrades: Arc::new(UpgradeContext::new(
+                pool.clone(),
+                signal.clone(),
+                self.timeouts.body_read,
+                self.timeouts.send,
+                self.max_blocking_upgrades,
+            )),
         }
     }
 }
@@ -1010,6 +1037,7 @@ fn start_connection(
         pool: pool.clone(),
         activity: conn.activity().clone(),
         body_read_timeout: protocols.timeouts.body_read,
+        upgrades: protocols.upgrades.clone(),
     };
     let guard = signal.connection();
     pool.spawn(conn::serve(

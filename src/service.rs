@@ -11,6 +11,7 @@ use http::{Method, StatusCode, Uri};
 use crate::body::{Body, Request, Response};
 use crate::runtime::pool::{Pool, UserCall};
 use crate::timeouts::{Activity, InFlight};
+use crate::upgrade::UpgradeContext;
 
 /// Information about the connection a request arrived on.
 #[derive(Clone, Debug, Default)]
@@ -219,6 +220,7 @@ pub(crate) struct HyperService {
     pub(crate) activity: Arc<Activity>,
     /// How long a handler's body read waits for the next chunk.
     pub(crate) body_read_timeout: Option<std::time::Duration>,
+    pub(crate) upgrades: Arc<UpgradeContext>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperService {
@@ -242,6 +244,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             call,
             request: Some((method, uri)),
             in_flight,
+            upgrades: self.upgrades.clone(),
         }
     }
 }
@@ -280,6 +283,8 @@ pub(crate) struct PendingResponse {
     /// Moves into the response body; dropped with this future if the request
     /// is abandoned (the client reset the stream).
     in_flight: Option<InFlight>,
+    /// Starts the upgrade a response asks for.
+    upgrades: Arc<UpgradeContext>,
 }
 
 impl Future for PendingResponse {
@@ -287,13 +292,14 @@ impl Future for PendingResponse {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let response = match ready!(Pin::new(&mut this.call).poll(cx)) {
+        let mut response = match ready!(Pin::new(&mut this.call).poll(cx)) {
             Ok(response) => response,
             Err(panic) => {
                 let (method, uri) = this.request.take().unwrap_or_default();
                 panic_response(&*panic, &method, &uri)
             }
         };
+        this.upgrades.prepare(&mut response);
         let in_flight = this.in_flight.take();
         Poll::Ready(Ok(response.map(|body| ResponseBody {
             body,

@@ -1,0 +1,479 @@
+//! Protocol upgrades: HTTP/1.1 `Upgrade` and HTTP/2 extended CONNECT, handed
+//! to the handler as a blocking stream once the response is on the wire.
+//!
+//! The handler cannot use the stream before it has returned its response: it
+//! gives [`Upgrade::respond`] a continuation, and the server runs it after
+//! hyper has written the `101` (or, for CONNECT, the `2xx`) and handed the
+//! connection over. A handler that waited on the stream itself could never
+//! see it: its own response would still be unsent.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{header, Method, StatusCode, Version};
+use hyper::rt::{Read as _, Write as _};
+
+use crate::body::{Body, Request, Response};
+use crate::runtime::park::block_on_timeout;
+use crate::runtime::Pool;
+use crate::shutdown::{ConnectionGuard, Signal};
+
+/// A request's pending protocol switch, taken out of the request with
+/// [`Upgrade::from_request`].
+///
+/// ```
+/// use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder, Upgrade};
+/// use std::io::{Read, Write};
+///
+/// // A line-echo protocol behind `Upgrade: echo`.
+/// fn handler(mut request: Request, _info: ConnectionInfo) -> Response {
+///     let Some(upgrade) = Upgrade::from_request(&mut request) else {
+///         return ResponseBuilder::new().status(426).body(Body::new("upgrade: echo")).unwrap();
+///     };
+///     let switching = ResponseBuilder::new()
+///         .status(101)
+///         .header("connection", "upgrade")
+///         .header("upgrade", "echo")
+///         .body(Body::empty())
+///         .unwrap();
+///     // Runs on a thread of its own once the 101 has been sent.
+///     upgrade.respond(switching, |mut stream| {
+///         let mut buf = [0; 4096];
+///         while let Ok(n @ 1..) = stream.read(&mut buf) {
+///             if stream.write_all(&buf[..n]).is_err() {
+///                 break;
+///             }
+///         }
+///     })
+/// }
+/// # let _ = handler;
+/// ```
+pub struct Upgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    connect: bool,
+}
+
+impl fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("connect", &self.connect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upgrade {
+    /// Takes the upgrade out of `request`, if it asks for one: an HTTP/1.1
+    /// request with an `Upgrade` header and `upgrade` among its `Connection`
+    /// options, or a `CONNECT` (HTTP/2 extended CONNECT, RFC 8441, needs
+    /// [`Server::http2_enable_connect_protocol`](crate::Server::http2_enable_connect_protocol)).
+    /// `None` for any other request, and for one whose upgrade was already
+    /// taken.
+    pub fn from_request(request: &mut Request) -> Option<Upgrade> {
+        let connect = request.method() == Method::CONNECT;
+        if !connect && !asks_for_upgrade(request) {
+            return None;
+        }
+        request.extensions().get::<hyper::upgrade::OnUpgrade>()?;
+        Some(Upgrade {
+            on_upgrade: hyper::upgrade::on(request),
+            connect,
+        })
+    }
+
+    /// Answers with `response` and, once it is sent, runs `then` with the
+    /// connection as a blocking stream, on a thread of its own.
+    ///
+    /// `response` must switch protocols: `101 Switching Protocols` for an
+    /// HTTP/1.1 upgrade, a `2xx` for `CONNECT`. Any other status is sent as
+    /// it is and `then` never runs (a handler may still refuse that way).
+    ///
+    /// Each stream holds its thread until `then` returns, so at most
+    /// [`Server::max_blocking_upgrades`](crate::Server::max_blocking_upgrades)
+    /// run at once; past that the client gets `503 Service Unavailable`
+    /// instead of `response`, and ordinary requests are never starved of
+    /// workers by upgraded connections.
+    pub fn respond<F>(self, response: Response, then: F) -> Response
+    where
+        F: FnOnce(Upgraded) + Send + 'static,
+    {
+        self.respond_with(response, Continuation::Blocking(Box::new(then)))
+    }
+
+    /// Attaches what runs after the upgrade to the response.
+    pub(crate) fn respond_with(self, mut response: Response, then: Continuation) -> Response {
+        let switches = if self.connect {
+            response.status().is_success()
+        } else {
+            response.status() == StatusCode::SWITCHING_PROTOCOLS
+        };
+        if switches {
+            response
+                .extensions_mut()
+                .insert(Hook(Arc::new(Mutex::new(Some(Pending {
+                    on_upgrade: self.on_upgrade,
+                    then,
+                })))));
+        }
+        response
+    }
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols.
+fn asks_for_upgrade(request: &Request) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|option| option.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// What runs on the upgraded connection.
+pub(crate) enum Continuation {
+    /// User code with a blocking stream, on a thread of its own.
+    Blocking(Box<dyn FnOnce(Upgraded) + Send>),
+    /// A connection task of ours (WebSocket), on the pool.
+    #[allow(dead_code)]
+    Task(Box<dyn FnOnce(Io, UpgradeParts) -> BoxFuture + Send>),
+}
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The upgraded connection's bytes, as hyper hands them over (with what the
+/// client sent after its request head).
+pub(crate) type Io = hyper::upgrade::Upgraded;
+
+/// What an upgraded connection keeps of its server.
+pub(crate) struct UpgradeParts {
+    pub(crate) pool: Pool,
+    /// Keeps the connection counted as live (graceful shutdown waits for it)
+    /// and wakes it when shutdown starts.
+    pub(crate) guard: ConnectionGuard,
+    pub(crate) context: Arc<UpgradeContext>,
+}
+
+struct Pending {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    then: Continuation,
+}
+
+/// A response extension carrying the continuation to the server
+/// (extensions must be `Clone + Sync`; the server takes it out once).
+#[derive(Clone)]
+struct Hook(Arc<Mutex<Option<Pending>>>);
+
+/// The server's side of upgrades: its timeouts and the bound on blocking
+/// streams.
+pub(crate) struct UpgradeContext {
+    pub(crate) pool: Pool,
+    pub(crate) signal: Arc<Signal>,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) max_blocking: usize,
+    blocking: AtomicUsize,
+}
+
+impl UpgradeContext {
+    pub(crate) fn new(
+        pool: Pool,
+        signal: Arc<Signal>,
+        read_timeout: Option<Duration>,
+        write_timeout: Option<Duration>,
+        max_blocking: usize,
+    ) -> UpgradeContext {
+        UpgradeContext {
+            pool,
+            signal,
+            read_timeout,
+            write_timeout,
+            max_blocking,
+            blocking: AtomicUsize::new(0),
+        }
+    }
+
+    /// Called with every response before hyper sends it: starts the upgrade
+    /// a handler asked for, or refuses it with a 503 at the bound.
+    pub(crate) fn prepare(self: &Arc<Self>, response: &mut Response) {
+        let Some(Hook(pending)) = response.extensions_mut().remove::<Hook>() else {
+            return;
+        };
+        let taken = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(Pending { on_upgrade, then }) = taken else {
+            return;
+        };
+        let slot = match &then {
+            Continuation::Blocking(_) => match self.reserve_blocking() {
+                Some(slot) => Some(slot),
+                None => {
+                    log::warn!(
+                        "refused an upgrade: {} blocking upgraded streams already run \
+                         (Server::max_blocking_upgrades)",
+                        self.max_blocking
+                    );
+                    *response = too_many_upgrades();
+                    return;
+                }
+            },
+            Continuation::Task(_) => None,
+        };
+        let parts = UpgradeParts {
+            pool: self.pool.clone(),
+            guard: self.signal.connection(),
+            context: self.clone(),
+        };
+        self.pool.spawn(async move {
+            let io = match on_upgrade.await {
+                Ok(io) => io,
+                Err(err) => {
+                    log::debug!("the upgrade did not happen: {err}");
+                    return;
+                }
+            };
+            match then {
+                Continuation::Blocking(then) => {
+                    let slot = slot.expect("reserved above");
+                    let stream = Upgraded::new(io, parts);
+                    let spawned = std::thread::Builder::new()
+                        .name("astra-upgraded".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            then(stream);
+                        });
+                    if let Err(err) = spawned {
+                        log::error!("could not start a thread for an upgraded stream: {err}");
+                    }
+                }
+                Continuation::Task(task) => task(io, parts).await,
+            }
+        });
+    }
+
+    fn reserve_blocking(self: &Arc<Self>) -> Option<BlockingSlot> {
+        let mut now = self.blocking.load(Ordering::Relaxed);
+        loop {
+            if now >= self.max_blocking {
+                return None;
+            }
+            match self.blocking.compare_exchange_weak(
+                now,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(BlockingSlot(self.clone())),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+/// One of `max_blocking_upgrades`, held by the thread of a blocking stream.
+struct BlockingSlot(Arc<UpgradeContext>);
+
+impl Drop for BlockingSlot {
+    fn drop(&mut self) {
+        self.0.blocking.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn too_many_upgrades() -> Response {
+    let mut response = Response::new(Body::new(
+        "too many upgraded connections; try again later\n",
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// An upgraded connection as a blocking `Read + Write`, given to the
+/// continuation of [`Upgrade::respond`].
+///
+/// Reads wait at most the server's
+/// [`body_read_timeout`](crate::Server::body_read_timeout) and writes its
+/// [`send_timeout`](crate::Server::send_timeout) (change them with
+/// [`set_read_timeout`](Upgraded::set_read_timeout) and
+/// [`set_write_timeout`](Upgraded::set_write_timeout)); either fails with
+/// `ErrorKind::TimedOut`. The stream counts as an open connection: a graceful
+/// shutdown waits for it up to `shutdown_timeout`, and meanwhile a read that
+/// would wait fails with `ErrorKind::ConnectionAborted` so the continuation
+/// can say goodbye and return; past the timeout the connection is closed.
+/// Dropping the stream closes the connection.
+pub struct Upgraded {
+    io: Io,
+    parts: UpgradeParts,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upgraded {
+    fn new(io: Io, parts: UpgradeParts) -> Upgraded {
+        Upgraded {
+            read_timeout: parts.context.read_timeout,
+            write_timeout: parts.context.write_timeout,
+            io,
+            parts,
+        }
+    }
+
+    /// How long a read waits for data; `None`: for ever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// How long a write waits for the client to take bytes; `None`: for ever.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.write_timeout = timeout;
+    }
+
+    /// Whether the server has begun a graceful shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.parts.guard.signal().is_requested()
+    }
+
+    /// Runs one poll-based operation to completion on this thread.
+    fn wait<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        what: &str,
+        mut op: impl FnMut(Pin<&mut Io>, &mut Context<'_>, &mut ConnectionGuard) -> Poll<io::Result<T>>,
+    ) -> io::Result<T> {
+        let Upgraded { io, parts, .. } = self;
+        let pool = parts.pool.clone();
+        let guard = &mut parts.guard;
+        let future = std::future::poll_fn(|cx| op(Pin::new(&mut *io), cx, guard));
+        match block_on_timeout(future, timeout, Some(&pool)) {
+            Some(result) => result,
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "upgraded stream: {what} timed out after {:?}",
+                    timeout.unwrap_or_default()
+                ),
+            )),
+        }
+    }
+}
+
+impl Read for Upgraded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let timeout = self.read_timeout;
+        self.wait(timeout, "read", |io, cx, guard| {
+            let mut read = hyper::rt::ReadBuf::new(buf);
+            match io.poll_read(cx, read.unfilled()) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => {
+                    guard.watch(cx.waker());
+                    if guard.signal().is_requested() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the server is shutting down",
+                        )));
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}
+
+impl Write for Upgraded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let timeout = self.write_timeout;
+        self.wait(timeout, "write", |io, cx, _| io.poll_write(cx, buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let timeout = self.write_timeout;
+        self.wait(timeout, "write", |io, cx, _| {
+            io.poll_write_vectored(cx, bufs)
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let timeout = self.write_timeout;
+        self.wait(timeout, "flush", |io, cx, _| io.poll_flush(cx))
+    }
+}
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        // Ends the stream cleanly where that takes no waiting (an HTTP/2
+        // stream's END_STREAM); a TCP connection closes with its socket.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(&mut self.io).poll_shutdown(&mut cx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, connection: &str, upgrade: Option<&str>) -> Request {
+        let mut builder = http::Request::builder()
+            .version(version)
+            .header(header::CONNECTION, connection);
+        if let Some(upgrade) = upgrade {
+            builder = builder.header(header::UPGRADE, upgrade);
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn an_upgrade_needs_the_header_and_the_connection_option() {
+        assert!(asks_for_upgrade(&request(
+            Version::HTTP_11,
+            "Upgrade",
+            Some("ws")
+        )));
+        assert!(asks_for_upgrade(&request(
+            Version::HTTP_11,
+            "keep-alive, upgrade",
+            Some("ws")
+        )));
+        assert!(!asks_for_upgrade(&request(
+            Version::HTTP_11,
+            "keep-alive",
+            Some("ws")
+        )));
+        assert!(!asks_for_upgrade(&request(
+            Version::HTTP_11,
+            "upgrade",
+            None
+        )));
+        assert!(!asks_for_upgrade(&request(
+            Version::HTTP_10,
+            "upgrade",
+            Some("ws")
+        )));
+    }
+
+    #[test]
+    fn a_request_without_hypers_upgrade_extension_has_no_upgrade() {
+        let mut request = request(Version::HTTP_11, "upgrade", Some("ws"));
+        assert!(Upgrade::from_request(&mut request).is_none());
+    }
+}
