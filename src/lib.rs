@@ -30,6 +30,9 @@ mod timeouts;
 mod tls;
 #[cfg(not(astra_loom))]
 mod upgrade;
+#[cfg(all(feature = "websocket", not(astra_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
+pub mod websocket;
 
 #[cfg(not(astra_loom))]
 pub use activation::ActivatedSockets;

@@ -142,7 +142,7 @@ pub(crate) enum Continuation {
     /// User code with a blocking stream, on a thread of its own.
     Blocking(Box<dyn FnOnce(Upgraded) + Send>),
     /// A connection task of ours (WebSocket), on the pool.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     Task(Box<dyn FnOnce(Io, UpgradeParts) -> BoxFuture + Send>),
 }
 
