@@ -141,7 +141,7 @@ impl WebSocketUpgrade {
     /// upgrade`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`; over
     /// HTTP/2 an extended `CONNECT` with `:protocol websocket` (RFC 8441; the
     /// server needs
-    /// [`http2_enable_connect_protocol`](crate::Server::http2_enable_connect_protocol)).
+    /// `Server::http2_enable_connect_protocol`, feature `http2`).
     ///
     /// # Errors
     ///
