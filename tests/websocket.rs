@@ -514,34 +514,6 @@ fn blocking_mode_echoes_on_a_thread_of_its_own() {
     }
 }
 
-#[test]
-fn idle_websockets_hold_no_thread() {
-    raise_nofile(8192);
-    let addr = echo_server(server());
-    let before = threads();
-    let mut clients: Vec<Client> = (0..500).map(|_| open(addr)).collect();
-    // Every socket works.
-    for client in clients.iter_mut().step_by(50) {
-        client.send(Message::text("x")).unwrap();
-        assert_eq!(client.read().unwrap(), Message::text("x"));
-    }
-    let during = threads();
-    assert!(
-        during <= before + 8,
-        "500 idle WebSockets took {} threads",
-        during - before
-    );
-    // A plain HTTP client is answered at once.
-    let started = Instant::now();
-    let response = raw_request(
-        addr,
-        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    );
-    assert_eq!(response.status, 426);
-    assert!(started.elapsed() < Duration::from_secs(2));
-    drop(clients);
-}
-
 #[cfg(feature = "http2")]
 #[test]
 fn websocket_over_http2_extended_connect() {
