@@ -71,7 +71,7 @@ impl Upgrade {
     /// Takes the upgrade out of `request`, if it asks for one: an HTTP/1.1
     /// request with an `Upgrade` header and `upgrade` among its `Connection`
     /// options, or a `CONNECT` (HTTP/2 extended CONNECT, RFC 8441, needs
-    /// [`Server::http2_enable_connect_protocol`](crate::Server::http2_enable_connect_protocol)).
+    /// `Server::http2_enable_connect_protocol`, feature `http2`).
     /// `None` for any other request, and for one whose upgrade was already
     /// taken.
     pub fn from_request(request: &mut Request) -> Option<Upgrade> {

@@ -141,7 +141,7 @@ impl WebSocketUpgrade {
     /// upgrade`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`; over
     /// HTTP/2 an extended `CONNECT` with `:protocol websocket` (RFC 8441; the
     /// server needs
-    /// [`http2_enable_connect_protocol`](crate::Server::http2_enable_connect_protocol)).
+    /// `Server::http2_enable_connect_protocol`, feature `http2`).
     ///
     /// # Errors
     ///
@@ -730,6 +730,9 @@ struct Socket {
     /// The last message tungstenite took has been flushed to the socket.
     flushed: bool,
     shutdown_sent: bool,
+    /// A protocol error or limit was hit: the close code and reason to send
+    /// once what came before is answered, and the latest moment to send it.
+    failure: Option<(CloseCode, String, Instant)>,
     /// A failing socket has shut down its sending side.
     write_shut: bool,
     last_heard: Instant,
@@ -764,6 +767,7 @@ impl Socket {
             phase: Phase::Open,
             flushed: true,
             shutdown_sent: false,
+            failure: None,
             write_shut: false,
             last_heard: Instant::now(),
             last_ping: None,
@@ -795,13 +799,36 @@ impl Socket {
 
     /// Fails the connection: a close frame with `code`, then no more frames
     /// are read (RFC 6455, 7.1.7).
+    ///
+    /// Reading stops at once; the close waits (up to [`CLOSE_GRACE`]) until
+    /// the messages received before the error have been handled and what
+    /// the handler sent for them is on the wire.
     fn fail(&mut self, code: CloseCode, why: &str) {
         log::debug!("closing a WebSocket: {why}");
+        if self.failure.is_none() {
+            self.failure = Some((code, why.to_owned(), Instant::now() + CLOSE_GRACE));
+        }
+    }
+
+    /// Sends the close frame of a failure once nothing before it is pending.
+    fn finish_failure(&mut self) -> bool {
+        let Some((_, _, deadline)) = &self.failure else {
+            return false;
+        };
+        let settled = self.running.is_none()
+            && self.inbox.is_empty()
+            && self.flushed
+            && self.sender.shared.lock().queue.is_empty();
+        if !settled && Instant::now() < *deadline {
+            return false;
+        }
+        let (code, why, _) = self.failure.take().expect("checked above");
         let open = self.phase == Phase::Open;
-        self.close(code, why);
+        self.close(code, &why);
         if open || matches!(self.phase, Phase::Closing(_)) {
             self.phase = Phase::Failing(Instant::now() + CLOSE_GRACE);
         }
+        true
     }
 
     /// Senders can send no more; those waiting give up.
@@ -833,6 +860,7 @@ impl Socket {
                 progress = true;
                 if result.is_err() {
                     log::error!("a WebSocket handler panicked; closing the socket with 1011");
+                    self.inbox.clear();
                     self.fail(CloseCode::Error, "handler panicked");
                 }
             }
@@ -854,6 +882,7 @@ impl Socket {
         }
         progress |= self.write_queued(cx);
         progress |= self.read_frames();
+        progress |= self.finish_failure();
         progress
     }
 
@@ -930,7 +959,7 @@ impl Socket {
                 Phase::Failing(_) => return self.drain() || progress,
                 Phase::Open | Phase::Closing(_) => {}
             }
-            if self.inbox.len() >= self.settings.max_queued {
+            if self.inbox.len() >= self.settings.max_queued || self.failure.is_some() {
                 return progress;
             }
             match self.ws.read() {
@@ -1021,6 +1050,9 @@ impl Socket {
 
     /// The next moment a timer must look at this socket.
     fn next_deadline(&self) -> Option<Instant> {
+        if let Some((_, _, deadline)) = &self.failure {
+            return Some(*deadline);
+        }
         match self.phase {
             Phase::Closing(at) | Phase::Failing(at) => Some(at),
             Phase::Done => None,
@@ -1037,6 +1069,10 @@ impl Socket {
 
     /// Acts on the timers that are due.
     fn on_time(&mut self, now: Instant) {
+        if self.failure.is_some() {
+            // `finish_failure` closes at its deadline; no pings meanwhile.
+            return;
+        }
         match self.phase {
             Phase::Closing(at) | Phase::Failing(at) if now >= at => {
                 self.mark_closed();
