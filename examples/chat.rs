@@ -9,7 +9,9 @@
 //! JavaScript, nothing loaded from elsewhere), which connects to `/ws`.
 //! `tests/browser_chat.rs` runs this same room in headless Chromium.
 
-use astra::websocket::{CloseFrame, Code, Handler, Message, SendError, Sender, WebSocketUpgrade};
+use astra::websocket::{
+    CloseCode, CloseFrame, Handler, Message, SendError, Sender, WebSocketUpgrade,
+};
 use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder, Server, Service};
 use http::{header, Method, StatusCode};
 use std::collections::HashMap;
@@ -106,7 +108,7 @@ impl Handler for ChatRoom {
         // than let it stall the room. One closing already is about to leave.
         for client in self.clients().values() {
             if client.try_send(message.clone()) == Err(SendError::Full) {
-                client.close(Code::Policy, "not keeping up");
+                client.close(CloseCode::Policy, "not keeping up");
             }
         }
     }

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, StatusCode, Version};
 use hyper::rt::{Read as _, Write as _};
-use tungstenite::protocol::frame::coding::CloseCode;
+
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, WebSocket};
 
@@ -59,7 +59,7 @@ use crate::runtime::timer::{Sleep, Timer};
 use crate::upgrade::{Continuation, Io, Upgrade, UpgradeParts, Upgraded};
 
 pub use tungstenite;
-pub use tungstenite::protocol::frame::coding::CloseCode as Code;
+pub use tungstenite::protocol::frame::coding::CloseCode;
 pub use tungstenite::protocol::CloseFrame;
 pub use tungstenite::Message;
 

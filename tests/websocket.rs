@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use astra::websocket::{CloseFrame, Code, Handler, Message, Sender, WebSocketUpgrade};
+use astra::websocket::{CloseCode, CloseFrame, Handler, Message, Sender, WebSocketUpgrade};
 use astra::{ConnectionInfo, Request, Server};
 use common::*;
-use tungstenite::protocol::frame::coding::CloseCode;
 
 type Client = tungstenite::WebSocket<TcpStream>;
 
@@ -316,7 +315,7 @@ fn any_thread_can_send_and_the_handler_hears_the_close() {
     assert_eq!(frame.reason.as_str(), "bye");
     assert_eq!(a.send("late"), Err(astra::websocket::SendError::Closed));
     // The server closes from a sender.
-    b.close(Code::Policy, "enough");
+    b.close(CloseCode::Policy, "enough");
     assert_eq!(
         read_close(&mut second),
         (CloseCode::Policy, "enough".into())
