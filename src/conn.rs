@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use hyper::server::conn::http1;
 
-use crate::net::TcpConn;
+use crate::net::Conn;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::service::HyperService;
 use crate::shutdown::ConnectionGuard;
@@ -38,12 +38,13 @@ pub(crate) struct Protocols {
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(
-    conn: TcpConn,
+    conn: Conn,
     protocols: Arc<Protocols>,
     service: HyperService,
     guard: ConnectionGuard,
+    #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    let peer = service.info.peer_addr;
+    let peer = describe_peer(service.info.peer_addr);
     let activity = conn.activity().clone();
     let mut watch = Watch {
         protocols: protocols.clone(),
@@ -53,47 +54,113 @@ pub(crate) async fn serve(
         shutdown_sent: false,
         keep_alive_only: false,
     };
+    #[cfg(feature = "tls")]
+    if let Some(config) = tls {
+        serve_tls(watch, conn, protocols, service, config).await;
+        return;
+    }
     let result = match protocols.mode {
         Mode::Http1Only => watch.run(serve_http1(&protocols, conn, service)).await,
         #[cfg(feature = "http2")]
-        Mode::Http2Only => {
-            watch.keep_alive_only = true;
-            watch
-                .run(protocols.http2.serve_connection(conn, service))
-                .await
-        }
+        Mode::Http2Only => serve_http2(&mut watch, &protocols, conn, service).await,
         #[cfg(not(feature = "http2"))]
         Mode::Auto => watch.run(serve_http1(&protocols, conn, service)).await,
         #[cfg(feature = "http2")]
         Mode::Auto => match watch
-            .run(Detect(Box::pin(crate::detect::detect_http2(conn))))
+            .run(Prelude(Box::pin(crate::detect::detect_http2(conn))))
             .await
         {
             Ended::Done(Ok((true, conn))) => {
-                watch.keep_alive_only = true;
-                watch
-                    .run(protocols.http2.serve_connection(conn, service))
-                    .await
+                serve_http2(&mut watch, &protocols, conn, service).await
             }
             Ended::Done(Ok((false, conn))) => {
                 watch.run(serve_http1(&protocols, conn, service)).await
             }
             Ended::Done(Err(err)) => {
-                log::debug!("connection from {peer:?} closed before its first request: {err}");
+                log::debug!("connection from {peer} closed before its first request: {err}");
                 return;
             }
             Ended::Closed(why) => {
-                log::debug!("closed the connection from {peer:?}: {why}");
+                log::debug!("closed the connection from {peer}: {why}");
                 return;
             }
         },
     };
+    log_end(&peer, result);
+}
+
+/// Names a client in log lines.
+pub(crate) fn describe_peer(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "a Unix socket client".into(), |peer| peer.to_string())
+}
+
+/// Logs how a connection ended.
+fn log_end(peer: &str, result: Ended<Result<(), hyper::Error>>) {
     match result {
         Ended::Done(Ok(())) => {}
         // Clients that go away mid-request are routine; not worth a warning.
-        Ended::Done(Err(err)) => log::debug!("connection from {peer:?} ended with an error: {err}"),
-        Ended::Closed(why) => log::debug!("closed the connection from {peer:?}: {why}"),
+        Ended::Done(Err(err)) => log::debug!("connection from {peer} ended with an error: {err}"),
+        Ended::Closed(why) => log::debug!("closed the connection from {peer}: {why}"),
     }
+}
+
+/// The TLS handshake (under the header-read timeout, like a request head),
+/// then the protocol ALPN chose: HTTP/2 for `h2`, HTTP/1.1 otherwise.
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    mut watch: Watch,
+    conn: Conn,
+    protocols: Arc<Protocols>,
+    mut service: HyperService,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let peer = describe_peer(service.info.peer_addr);
+    let accept = crate::tls::TlsStream::accept(conn, config);
+    let stream = match watch.run(Prelude(Box::pin(accept))).await {
+        Ended::Done(Ok(stream)) => stream,
+        Ended::Done(Err(err)) => {
+            log::debug!("TLS handshake with {peer} failed: {err}");
+            return;
+        }
+        Ended::Closed(why) => {
+            log::debug!("closed the connection from {peer} during its TLS handshake: {why}");
+            return;
+        }
+    };
+    service.info.tls = Some(Arc::new(stream.info()));
+    let h2 = stream.is_h2();
+    let result = match (h2, protocols.mode) {
+        #[cfg(feature = "http2")]
+        (true, Mode::Auto | Mode::Http2Only) | (false, Mode::Http2Only) => {
+            serve_http2(&mut watch, &protocols, stream, service).await
+        }
+        (false, _) => watch.run(serve_http1(&protocols, stream, service)).await,
+        #[allow(unreachable_patterns)]
+        (true, _) => {
+            log::warn!(
+                "closed the connection from {peer}: ALPN chose h2, which this server does not \
+                 serve (the TLS configuration offers it, but HTTP/2 is off)"
+            );
+            return;
+        }
+    };
+    log_end(&peer, result);
+}
+
+#[cfg(feature = "http2")]
+async fn serve_http2<I>(
+    watch: &mut Watch,
+    protocols: &Protocols,
+    io: I,
+    service: HyperService,
+) -> Ended<Result<(), hyper::Error>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    watch.keep_alive_only = true;
+    watch
+        .run(protocols.http2.serve_connection(io, service))
+        .await
 }
 
 fn serve_http1<I>(
@@ -139,12 +206,13 @@ where
     }
 }
 
-/// Protocol detection: nothing is in flight yet, so shutdown closes at once.
-#[cfg(feature = "http2")]
-struct Detect<F>(Pin<Box<F>>);
+/// What runs before the first request (protocol detection, the TLS
+/// handshake): nothing is in flight yet, so shutdown closes at once.
+#[cfg(any(feature = "http2", feature = "tls"))]
+struct Prelude<F>(Pin<Box<F>>);
 
-#[cfg(feature = "http2")]
-impl<F: Future> Future for Detect<F> {
+#[cfg(any(feature = "http2", feature = "tls"))]
+impl<F: Future> Future for Prelude<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -152,8 +220,8 @@ impl<F: Future> Future for Detect<F> {
     }
 }
 
-#[cfg(feature = "http2")]
-impl<F: Future> Graceful for Detect<F> {
+#[cfg(any(feature = "http2", feature = "tls"))]
+impl<F: Future> Graceful for Prelude<F> {
     fn graceful_shutdown(self: Pin<&mut Self>) -> bool {
         false
     }

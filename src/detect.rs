@@ -6,14 +6,14 @@ use std::task::{Context, Poll};
 
 use hyper::rt::Read as _;
 
-use crate::net::TcpConn;
+use crate::net::Conn;
 
 /// The first bytes of every HTTP/2 prior-knowledge connection.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads until the bytes seen so far either match the HTTP/2 preface in full or
 /// stop matching it, then hands back the connection with those bytes put back.
-pub(crate) async fn detect_http2(mut conn: TcpConn) -> io::Result<(bool, Rewind<TcpConn>)> {
+pub(crate) async fn detect_http2(mut conn: Conn) -> io::Result<(bool, Rewind<Conn>)> {
     let mut seen = [0u8; PREFACE.len()];
     let mut len = 0;
     while len < PREFACE.len() && seen[..len] == PREFACE[..len] {

@@ -6,11 +6,15 @@
 #![cfg_attr(astra_loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(astra_loom))]
+mod activation;
+#[cfg(not(astra_loom))]
 mod body;
 #[cfg(not(astra_loom))]
 mod conn;
 #[cfg(all(feature = "http2", not(astra_loom)))]
 mod detect;
+#[cfg(not(astra_loom))]
+mod listener;
 #[cfg(not(astra_loom))]
 mod net;
 mod runtime;
@@ -22,12 +26,24 @@ mod service;
 mod shutdown;
 #[cfg(not(astra_loom))]
 mod timeouts;
+#[cfg(all(feature = "tls", not(astra_loom)))]
+mod tls;
 
 #[cfg(not(astra_loom))]
+pub use activation::ActivatedSockets;
+#[cfg(not(astra_loom))]
 pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
+/// The rustls this crate is built with, for [`TlsConfig`]'s `From<ServerConfig>`
+/// and the types [`TlsInfo`] returns.
+#[cfg(all(feature = "tls", not(astra_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use rustls;
 #[cfg(not(astra_loom))]
 pub use server::Server;
 #[cfg(not(astra_loom))]
-pub use service::{ConnectionInfo, Service};
+pub use service::{ConnectionInfo, PeerCredentials, Service};
 #[cfg(not(astra_loom))]
 pub use shutdown::ServerHandle;
+#[cfg(all(feature = "tls", not(astra_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::{TlsConfig, TlsInfo};

@@ -1,7 +1,8 @@
 //! Sockets registered with the reactor, as hyper's `Read` and `Write`.
 
 use std::io::{self, IoSlice, Write};
-use std::os::fd::AsRawFd;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -10,29 +11,146 @@ use hyper::rt::ReadBufCursor;
 
 use crate::runtime::reactor::{ScheduledIo, READABLE, WRITABLE};
 use crate::runtime::Pool;
+use crate::service::PeerCredentials;
 use crate::shutdown::{Signal, TrackedSocket};
 use crate::timeouts::Activity;
 
-/// An accepted TCP connection, registered with the pool's reactor for its whole
+/// An accepted stream socket, TCP or Unix: both are read, written and shut
+/// down the same way, so the rest of the crate sees one kind of connection.
+pub(crate) enum Stream {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Stream {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => (&*stream).write(buf),
+            Stream::Unix(stream) => (&*stream).write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => (&*stream).write_vectored(bufs),
+            Stream::Unix(stream) => (&*stream).write_vectored(bufs),
+        }
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.shutdown(how),
+            Stream::Unix(stream) => stream.shutdown(how),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+            Stream::Unix(stream) => stream.as_raw_fd(),
+        }
+    }
+}
+
+impl mio::event::Source for Stream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.register(registry, token, interests),
+            Stream::Unix(stream) => stream.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.reregister(registry, token, interests),
+            Stream::Unix(stream) => stream.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.deregister(registry),
+            Stream::Unix(stream) => stream.deregister(registry),
+        }
+    }
+}
+
+/// The credentials of a Unix socket's peer (`SO_PEERCRED`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn peer_credentials(stream: &mio::net::UnixStream) -> io::Result<PeerCredentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let size = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let mut len = size;
+    // SAFETY: the descriptor is open for the call (`stream` owns it and is
+    // borrowed); getsockopt(2) writes at most `len` bytes, the size of `cred`,
+    // through a pointer to that live local, and its length to `len`, another.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len != size {
+        return Err(io::Error::other(format!(
+            "SO_PEERCRED returned {len} bytes, not {size}"
+        )));
+    }
+    Ok(PeerCredentials {
+        // 0: the peer's process is not visible from our PID namespace.
+        pid: u32::try_from(cred.pid).ok().filter(|&pid| pid > 0),
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// Other systems have no `SO_PEERCRED`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn peer_credentials(_stream: &mio::net::UnixStream) -> io::Result<PeerCredentials> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// An accepted connection, registered with the pool's reactor for its whole
 /// life (one registration, deregistered on drop).
-pub(crate) struct TcpConn {
+pub(crate) struct Conn {
     /// Declared before `stream`: dropped before the socket closes.
     _tracked: TrackedSocket,
-    stream: mio::net::TcpStream,
+    stream: Stream,
     io: Arc<ScheduledIo>,
     token: usize,
     pool: Pool,
     activity: Arc<Activity>,
 }
 
-impl TcpConn {
+impl Conn {
     pub(crate) fn register(
-        mut stream: mio::net::TcpStream,
+        mut stream: Stream,
         pool: &Pool,
         signal: &Arc<Signal>,
-    ) -> io::Result<TcpConn> {
+    ) -> io::Result<Conn> {
         let (token, io) = pool.reactor().register(&mut stream)?;
-        Ok(TcpConn {
+        Ok(Conn {
             _tracked: signal.track_socket(stream.as_raw_fd()),
             stream,
             io,
@@ -68,7 +186,7 @@ impl TcpConn {
     }
 }
 
-impl TcpConn {
+impl Conn {
     /// Tells the send timeout whether the client is taking our bytes.
     fn note_write(&self, result: &Poll<io::Result<usize>>) {
         match result {
@@ -78,7 +196,7 @@ impl TcpConn {
     }
 }
 
-impl hyper::rt::Read for TcpConn {
+impl hyper::rt::Read for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -127,13 +245,13 @@ impl hyper::rt::Read for TcpConn {
     }
 }
 
-impl hyper::rt::Write for TcpConn {
+impl hyper::rt::Write for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = self.poll_io(cx, WRITABLE, || (&self.stream).write(buf));
+        let result = self.poll_io(cx, WRITABLE, || self.stream.write(buf));
         self.note_write(&result);
         result
     }
@@ -143,7 +261,7 @@ impl hyper::rt::Write for TcpConn {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = self.poll_io(cx, WRITABLE, || (&self.stream).write_vectored(bufs));
+        let result = self.poll_io(cx, WRITABLE, || self.stream.write_vectored(bufs));
         self.note_write(&result);
         result
     }
@@ -158,14 +276,14 @@ impl hyper::rt::Write for TcpConn {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.stream.shutdown(std::net::Shutdown::Write) {
+        match self.stream.shutdown(Shutdown::Write) {
             Err(err) if err.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(err)),
             _ => Poll::Ready(Ok(())),
         }
     }
 }
 
-impl Drop for TcpConn {
+impl Drop for Conn {
     fn drop(&mut self) {
         self.pool.reactor().deregister(&mut self.stream, self.token);
     }

@@ -3,13 +3,16 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 
 use crate::conn::{self, Mode, Protocols};
-use crate::net::TcpConn;
+use crate::listener::Listener;
+use crate::net::{Conn, Stream};
 use crate::runtime::pool::PoolConfig;
 use crate::runtime::reactor::Reactor;
 use crate::runtime::timer::Timer;
@@ -51,6 +54,7 @@ const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// "No limit", where hyper takes only a `Duration`: about 136
 /// years, long enough never to run out, short enough that adding it to an
 /// `Instant` cannot overflow.
+#[cfg(feature = "http2")]
 const NO_LIMIT: Duration = Duration::from_secs(u32::MAX as u64);
 const LISTENER: mio::Token = mio::Token(0);
 const WAKER: mio::Token = mio::Token(1);
@@ -70,9 +74,12 @@ const WAKER: mio::Token = mio::Token(1);
 /// client; each request runs your handler on a worker thread, so handlers may
 /// block freely.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     config: Config,
     signal: Arc<Signal>,
+    /// The TLS configuration for new connections, shared with every handle.
+    #[cfg(feature = "tls")]
+    tls: Arc<crate::tls::TlsSlot>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,7 +150,7 @@ impl Default for Config {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.listener.local_addr().ok())
+            .field("listener", &self.listener)
             .field("config", &self.config)
             .finish()
     }
@@ -188,6 +195,94 @@ impl Server {
         Ok(Server::from_listener(TcpListener::bind(addr)?))
     }
 
+    /// Binds a server to a Unix domain socket at `path`.
+    ///
+    /// ```no_run
+    /// use astra::{Body, Response, Server};
+    ///
+    /// // curl --unix-socket /run/myapp/http.sock http://localhost/
+    /// Server::bind_unix("/run/myapp/http.sock")
+    ///     .serve(|_request, _info| Response::new(Body::new("Hello over a Unix socket")))
+    ///     .expect("serve failed");
+    /// ```
+    ///
+    /// See [`Server::try_bind_unix`] for what happens to a file already at
+    /// `path`, and to the socket file when `serve` returns.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the socket cannot be bound; the message names the path and
+    /// the cause. Use [`Server::try_bind_unix`] to handle that error instead.
+    pub fn bind_unix(path: impl AsRef<Path>) -> Server {
+        match Server::try_bind_unix(path) {
+            Ok(server) => server,
+            Err(err) => panic!("astra: failed to bind the server's Unix socket: {err}"),
+        }
+    }
+
+    /// Binds a server to a Unix domain socket at `path`, returning the error if
+    /// that fails.
+    ///
+    /// A socket file already at `path` that no process listens on (left by a
+    /// server that crashed) is removed and replaced. Anything else at `path`
+    /// is left untouched and makes the bind fail: a socket some process still
+    /// listens on, or a file that is not a socket.
+    ///
+    /// The socket file is removed when the listener closes: when `serve`
+    /// returns (after a graceful shutdown, say), or when the `Server` is
+    /// dropped unserved. It is removed only if `path` still names the file
+    /// this server created, never one that another server has bound there
+    /// since. Permissions are the process's umask; set the directory's, or
+    /// the file's after binding, to limit who may connect.
+    ///
+    /// ```
+    /// use astra::Server;
+    ///
+    /// let path = std::env::temp_dir().join(format!("astra-doc-{}.sock", std::process::id()));
+    /// let server = Server::try_bind_unix(&path)?;
+    /// assert_eq!(server.local_unix_path().as_deref(), Some(path.as_path()));
+    /// drop(server); // never served: the socket file goes with it
+    /// assert!(!path.exists());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Each error message names the path.
+    ///
+    /// - `AddrInUse`: another server listens on `path`, or `path` exists and
+    ///   is not a socket;
+    /// - the operating system refuses to bind (no such directory, no
+    ///   permission, a path longer than about 107 bytes).
+    pub fn try_bind_unix(path: impl AsRef<Path>) -> io::Result<Server> {
+        Ok(Server::with_listener(Listener::bind_unix(path.as_ref())?))
+    }
+
+    /// Serves on a Unix domain socket listener that is already bound (an
+    /// abstract-namespace address, a socket whose permissions you set first).
+    ///
+    /// astra does not remove the socket file of a listener it did not bind;
+    /// that is left to you.
+    ///
+    /// ```
+    /// use astra::Server;
+    /// use std::os::unix::net::UnixListener;
+    ///
+    /// let path = std::env::temp_dir().join(format!("astra-doc-from-{}.sock", std::process::id()));
+    /// let listener = UnixListener::bind(&path)?;
+    /// let server = Server::from_unix_listener(listener);
+    /// assert_eq!(server.local_unix_path(), Some(path.clone()));
+    /// drop(server);
+    /// std::fs::remove_file(&path)?; // ours to remove
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_unix_listener(listener: UnixListener) -> Server {
+        Server::with_listener(Listener::Unix {
+            listener,
+            file: None,
+        })
+    }
+
     /// Serves on a listener that is already bound (socket activation, a port
     /// chosen elsewhere, `SO_REUSEPORT` set-ups).
     ///
@@ -202,10 +297,16 @@ impl Server {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn from_listener(listener: TcpListener) -> Server {
+        Server::with_listener(Listener::Tcp(listener))
+    }
+
+    fn with_listener(listener: Listener) -> Server {
         Server {
             listener,
             config: Config::default(),
             signal: Arc::default(),
+            #[cfg(feature = "tls")]
+            tls: Arc::default(),
         }
     }
 
@@ -213,9 +314,26 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// Whatever `getsockname(2)` reports for the listening socket.
+    /// - the server listens on a Unix socket (`Unsupported`; see
+    ///   [`Server::local_unix_path`]);
+    /// - whatever `getsockname(2)` reports for the listening socket.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The path of the Unix socket the server listens on.
+    ///
+    /// `None` for a TCP server, and for a Unix socket that has no path (an
+    /// abstract-namespace or unnamed one, or one `getsockname(2)` cannot
+    /// describe). The path is as it was bound: a relative one stays relative.
+    ///
+    /// ```
+    /// use astra::Server;
+    ///
+    /// assert_eq!(Server::bind("127.0.0.1:0").local_unix_path(), None);
+    /// ```
+    pub fn local_unix_path(&self) -> Option<PathBuf> {
+        self.listener.local_unix_path()
     }
 
     /// Serves requests with `service`, blocking the calling thread.
@@ -292,8 +410,14 @@ impl Server {
             },
         );
         let protocols = Arc::new(self.config.protocols(&pool));
-        self.listener.set_nonblocking(true)?;
-        let mut listener = mio::net::TcpListener::from_std(self.listener);
+        #[cfg(feature = "tls")]
+        self.tls.start(match self.config.mode {
+            Mode::Http1Only => crate::tls::default_alpn(false),
+            #[cfg(feature = "http2")]
+            Mode::Http2Only => vec![b"h2"],
+            Mode::Auto => crate::tls::default_alpn(true),
+        });
+        let mut listener = self.listener.into_accepting()?;
         let mut poll = mio::Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, mio::Interest::READABLE)?;
@@ -325,7 +449,16 @@ impl Server {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    start_connection(stream, peer, &pool, &protocols, &service, &signal);
+                    start_connection(
+                        stream,
+                        peer,
+                        &pool,
+                        &protocols,
+                        &service,
+                        &signal,
+                        #[cfg(feature = "tls")]
+                        self.tls.current(),
+                    );
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     wait(&mut poll, &mut events, None);
@@ -342,7 +475,8 @@ impl Server {
                 }
             }
         }
-        // Refuse new connections from here on, then drain the live ones.
+        // Refuse new connections from here on (and remove the Unix socket file
+        // `bind_unix` made), then drain the live ones.
         drop(listener);
         let timeout = self.config.shutdown_timeout;
         // No deadline (no timeout, or one past the clock's range): wait for ever.
@@ -391,6 +525,8 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             signal: self.signal.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
         }
     }
 
@@ -721,6 +857,36 @@ impl Server {
         self.config.http2.enable_connect_protocol = true;
         self
     }
+
+    /// Serves HTTPS: every connection starts with a TLS handshake, run in the
+    /// connection's task like its reads and writes (a slow or silent client
+    /// holds no thread; the handshake counts against
+    /// [`http1_header_read_timeout`](Server::http1_header_read_timeout)).
+    /// ALPN chooses the protocol: HTTP/2 for `h2` (with the `http2`
+    /// feature), HTTP/1.1 otherwise; [`http1_only`](Server::http1_only) and
+    /// `http2_only` narrow what is offered. A plain-HTTP request on this port
+    /// gets a `400` saying so, and the connection closes.
+    ///
+    /// ```no_run
+    /// use astra::{Body, ConnectionInfo, Request, Response, Server, TlsConfig};
+    ///
+    /// Server::bind("0.0.0.0:8443")
+    ///     .tls(TlsConfig::from_pem_files("cert.pem", "key.pem")?)
+    ///     .serve(|_request: Request, info: ConnectionInfo| {
+    ///         let tls = info.tls().expect("every connection is TLS");
+    ///         Response::new(Body::new(format!("{:?}", tls.protocol_version())))
+    ///     })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// Certificates can be replaced while serving, with
+    /// [`ServerHandle::reload_tls`].
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(self, tls: crate::TlsConfig) -> Self {
+        self.tls.set(tls);
+        self
+    }
 }
 
 impl Config {
@@ -795,34 +961,65 @@ impl Config {
 }
 
 fn start_connection(
-    stream: mio::net::TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Option<SocketAddr>,
     pool: &Pool,
     protocols: &Arc<Protocols>,
     service: &Arc<dyn SharedService>,
     signal: &Arc<Signal>,
+    #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    if let Err(err) = stream.set_nodelay(true) {
-        log::debug!("could not set TCP_NODELAY for {peer}: {err}");
-    }
-    let conn = match TcpConn::register(stream, pool, signal) {
+    let info = match &stream {
+        Stream::Tcp(tcp) => {
+            if let Err(err) = tcp.set_nodelay(true) {
+                log::debug!(
+                    "could not set TCP_NODELAY for {}: {err}",
+                    conn::describe_peer(peer)
+                );
+            }
+            ConnectionInfo {
+                peer_addr: peer,
+                ..ConnectionInfo::default()
+            }
+        }
+        Stream::Unix(unix) => ConnectionInfo {
+            unix: true,
+            peer_credentials: match crate::net::peer_credentials(unix) {
+                Ok(credentials) => Some(credentials),
+                Err(err) => {
+                    log::debug!("no credentials for a Unix socket client: {err}");
+                    None
+                }
+            },
+            ..ConnectionInfo::default()
+        },
+    };
+    let conn = match Conn::register(stream, pool, signal) {
         Ok(conn) => conn,
         Err(err) => {
-            log::error!("could not register the connection from {peer}: {err}");
+            log::error!(
+                "could not register the connection from {}: {err}",
+                conn::describe_peer(peer)
+            );
             return;
         }
     };
     let service = HyperService {
         service: service.clone(),
-        info: ConnectionInfo {
-            peer_addr: Some(peer),
-        },
+        info,
         pool: pool.clone(),
         activity: conn.activity().clone(),
         body_read_timeout: protocols.timeouts.body_read,
     };
     let guard = signal.connection();
-    pool.spawn(conn::serve(conn, protocols.clone(), service, guard));
+    pool.spawn(conn::serve(
+        conn,
+        protocols.clone(),
+        service,
+        guard,
+        #[cfg(feature = "tls")]
+        tls,
+    ));
 }
 
 /// Errors that concern only the connection being accepted.

@@ -16,10 +16,16 @@ use crate::timeouts::{Activity, InFlight};
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionInfo {
     pub(crate) peer_addr: Option<SocketAddr>,
+    /// The connection came over a Unix domain socket.
+    pub(crate) unix: bool,
+    pub(crate) peer_credentials: Option<PeerCredentials>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<crate::tls::TlsInfo>>,
 }
 
 impl ConnectionInfo {
-    /// The address of the client, if the socket could tell it.
+    /// The address of the client, if the socket could tell it: `None` on a
+    /// Unix domain socket (see [`ConnectionInfo::is_unix_socket`]).
     ///
     /// ```
     /// use astra::{Body, ConnectionInfo, Request, Response};
@@ -34,6 +40,98 @@ impl ConnectionInfo {
     /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// Whether the connection came over a Unix domain socket (a server bound
+    /// with [`Server::bind_unix`](crate::Server::bind_unix), say) rather than
+    /// TCP.
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn local_only(_request: Request, info: ConnectionInfo) -> Response {
+    ///     if info.is_unix_socket() {
+    ///         Response::new(Body::new("hello, neighbour"))
+    ///     } else {
+    ///         Response::new(Body::new("hello over the network"))
+    ///     }
+    /// }
+    /// # let _ = local_only(Request::new(Body::empty()), ConnectionInfo::default());
+    /// ```
+    pub fn is_unix_socket(&self) -> bool {
+        self.unix
+    }
+
+    /// Who the client of a Unix domain socket is: its process, user and group,
+    /// as the kernel recorded them when it connected (`SO_PEERCRED`).
+    ///
+    /// `None` over TCP, and where the kernel cannot tell (`SO_PEERCRED` exists
+    /// on Linux and Android only).
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder};
+    ///
+    /// fn only_root(_request: Request, info: ConnectionInfo) -> Response {
+    ///     match info.peer_credentials() {
+    ///         Some(peer) if peer.uid() == 0 => Response::new(Body::new("hello, root")),
+    ///         _ => ResponseBuilder::new().status(403).body(Body::empty()).unwrap(),
+    ///     }
+    /// }
+    /// # let _ = only_root(Request::new(Body::empty()), ConnectionInfo::default());
+    /// ```
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.peer_credentials
+    }
+
+    /// The connection's TLS session (server name, ALPN protocol, version,
+    /// client certificates), or `None` on a plain-HTTP connection.
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn whoami(_request: Request, info: ConnectionInfo) -> Response {
+    ///     let name = info.tls().and_then(|tls| tls.server_name()).unwrap_or("(none)");
+    ///     Response::new(Body::new(format!("you asked for {name}")))
+    /// }
+    /// # let _ = whoami(Request::new(Body::empty()), ConnectionInfo::default());
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls.as_deref()
+    }
+}
+
+/// The process at the other end of a Unix domain socket, from
+/// [`ConnectionInfo::peer_credentials`].
+///
+/// The kernel records these when the client calls `connect(2)`: they describe
+/// who connected, even if that process has since changed its user or passed
+/// the socket on. They cannot be forged by the client, so a handler may use
+/// them to authorize, as PostgreSQL's `peer` authentication does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerCredentials {
+    pub(crate) pid: Option<u32>,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+impl PeerCredentials {
+    /// The client's process id, as this process sees it. `None` if the client
+    /// runs in a PID namespace invisible from ours (a container), where the
+    /// kernel reports no pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The client's effective user id, mapped into our user namespace.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The client's effective group id, mapped into our user namespace.
+    pub fn gid(&self) -> u32 {
+        self.gid
     }
 }
 

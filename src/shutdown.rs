@@ -34,6 +34,8 @@ use std::task::Waker;
 #[derive(Clone)]
 pub struct ServerHandle {
     pub(crate) signal: Arc<Signal>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Arc<crate::tls::TlsSlot>,
 }
 
 impl ServerHandle {
@@ -44,6 +46,44 @@ impl ServerHandle {
     /// harmless. Called before `serve`, it makes `serve` return at once.
     pub fn shutdown(&self) {
         self.signal.request();
+    }
+
+    /// Replaces the TLS certificates (or configuration) of a server made with
+    /// [`Server::tls`](crate::Server::tls): connections accepted from now on
+    /// use `tls`, connections already open keep theirs. Nothing is dropped, so
+    /// a renewed certificate can be rolled out under load.
+    ///
+    /// ```no_run
+    /// use astra::{Body, Response, Server, TlsConfig};
+    ///
+    /// let server = Server::bind("0.0.0.0:8443").tls(TlsConfig::from_pem_files("cert.pem", "key.pem")?);
+    /// let handle = server.handle();
+    /// std::thread::spawn(move || loop {
+    ///     std::thread::sleep(std::time::Duration::from_secs(24 * 60 * 60));
+    ///     match TlsConfig::from_pem_files("cert.pem", "key.pem") {
+    ///         Ok(tls) => handle.reload_tls(tls).expect("the server has TLS"),
+    ///         Err(err) => eprintln!("keeping the old certificate: {err}"),
+    ///     }
+    /// });
+    /// server.serve(|_request, _info| Response::new(Body::new("hello")))?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the server serves plain HTTP: TLS cannot be switched
+    /// on by a reload.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn reload_tls(&self, tls: crate::TlsConfig) -> std::io::Result<()> {
+        if !self.tls.is_set() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "reload_tls: this server serves plain HTTP (Server::tls was not called)",
+            ));
+        }
+        self.tls.set(tls);
+        Ok(())
     }
 }
 

@@ -298,7 +298,7 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
 
 /// Reads from a raw socket until it is closed; `Err` if it stays open past its
 /// read timeout. Returns what arrived.
-pub fn read_until_closed(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+pub fn read_until_closed(stream: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut all = Vec::new();
     let mut buf = [0; 8192];
     loop {
@@ -676,4 +676,83 @@ pub fn assert_whole_pattern(body: &[u8]) {
     if let Some(at) = (0..body.len()).find(|&i| body[i] != pattern(i as u64)) {
         panic!("byte at offset {at} of {} is not the pattern's", body.len());
     }
+}
+
+/// A fresh directory under the system's temp dir, removed with everything in
+/// it when dropped; for Unix socket paths.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new, empty directory whose name has `tag`, this process's id and a
+    /// counter, so concurrent tests never share one.
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("astra-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs curl (bounded by `--max-time`) with `args` and returns its status
+/// and stdout; fails the test if curl cannot run at all.
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    if !output.status.success() {
+        eprintln!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// `curl --unix-socket path http://localhost{url_path}`: the response body.
+pub fn curl_unix(path: &std::path::Path, url_path: &str, extra: &[&str]) -> String {
+    let socket = path.to_str().expect("a UTF-8 socket path");
+    let url = format!("http://localhost{url_path}");
+    let mut args = vec!["--unix-socket", socket];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (ok, body) = curl(&args);
+    assert!(ok, "curl --unix-socket {socket} {url} failed");
+    body
+}
+
+/// Connects to a Unix socket with read and write timeouts of [`IO_TIMEOUT`].
+pub fn connect_unix(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|err| panic!("connect to {} failed: {err}", path.display()));
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Sends `request` (which should ask for `Connection: close`) on a new Unix
+/// socket connection and returns everything the server sent before closing.
+pub fn raw_unix_request(path: &std::path::Path, request: &[u8]) -> String {
+    let mut stream = connect_unix(path);
+    stream.write_all(request).expect("write the request");
+    let reply = read_until_closed(&mut stream).expect("the server closes after answering");
+    String::from_utf8_lossy(&reply).into_owned()
 }
