@@ -9,7 +9,7 @@
 #
 # Environment: QUICK, REPS, DUR (seconds), SERVERS, PIN, PIN_SERVER_CPUS,
 # PIN_LOAD_CPUS, S3_CONNS, S4_N, S6_SECS, S6_REPS, UPLOAD_SIZE (for S5's big
-# upload, a `head -c` size), LOGDIR.
+# upload, a `head -c` size), S13_CLIENTS, LOGDIR.
 #
 # Every step is bounded with `timeout`; a server that fails or hangs gets
 # "failed: why" in its cell and the run goes on.
@@ -36,9 +36,12 @@ fi
 S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
-SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10"}
+S13_CLIENTS=${S13_CLIENTS:-4}
+SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit ours_tls hyper_tokio_tls"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 S12 S13"}
 REFERENCE=hyper_tokio
+# The TLS scenarios' reference: hyper_tokio behind tokio-rustls.
+TLS_REFERENCE=hyper_tokio_tls
 # The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
 # ratios to it too.
 BLOCKING_PEER=hyper_blocking
@@ -70,7 +73,12 @@ fi
 declare -A PORT=(
     [ours]=18081 [hyper_tokio]=18082 [hyper_blocking]=18083
     [astra04]=18084 [tiny_http]=18085 [limit]=18086 [hyper_tokio_64k]=18087
+    [ours_tls]=18091 [hyper_tokio_tls]=18092
 )
+# The servers that speak only TLS, and the scenarios made for them: these
+# servers take part in these scenarios and no other, the others in every other.
+declare -A TLS_SERVER=([ours_tls]=1 [hyper_tokio_tls]=1)
+declare -A TLS_SCENARIO=([S11]=1 [S12]=1 [S13]=1)
 # Servers without HTTP/2.
 declare -A NO_H2=([tiny_http]=1 [limit]=1)
 # `limit` answers every request with the same 13 bytes and is only meaningful
@@ -80,6 +88,10 @@ declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1 [S10]=1)
 # Counted before the driver pins itself (PIN=1), after which nproc says 1.
 CORES=$(nproc)
 BIN="$HERE/target/release"
+# A self-signed certificate made by this script (make_cert), for the TLS
+# servers; they read its paths from the environment.
+TLS_DIR="$HERE/target/tls"
+export BENCH_TLS_CERT="$TLS_DIR/cert.pem" BENCH_TLS_KEY="$TLS_DIR/key.pem"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 STARTED=$(date -u "+%Y-%m-%d, %H:%M")
 LOGDIR=${LOGDIR:-"$HERE/target/bench-logs/$STAMP"}
@@ -97,6 +109,7 @@ install_tools() {
     command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v slowhttptest >/dev/null || missing+=(slowhttptest)
     command -v curl >/dev/null || missing+=(curl)
+    command -v openssl >/dev/null || missing+=(openssl)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing ${missing[*]}"
     local sudo=""
@@ -111,6 +124,22 @@ build() {
     if ! timeout 1800 cargo build --release --quiet --manifest-path "$HERE/Cargo.toml"; then
         log "build failed"
         exit 1
+    fi
+}
+
+# make_cert: an ECDSA P-256 key and a self-signed certificate for localhost and
+# 127.0.0.1, unless the ones there are still good for a day. The probes' curl
+# checks the servers against it (--cacert), so a server that sent the wrong
+# certificate fails its start-up check.
+make_cert() {
+    if [ -s "$BENCH_TLS_KEY" ] && openssl x509 -checkend 86400 -noout -in "$BENCH_TLS_CERT" >/dev/null 2>&1; then
+        return 0
+    fi
+    mkdir -p "$TLS_DIR"
+    if ! timeout 30 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$BENCH_TLS_KEY" -out "$BENCH_TLS_CERT" >"$TLS_DIR/openssl.log" 2>&1; then
+        log "making the TLS certificate failed (see $TLS_DIR/openssl.log); TLS servers will fail to start"
     fi
 }
 
@@ -129,6 +158,10 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # On failure prints the reason and returns 1.
 start_server() {
     local name=$1 port=${PORT[$1]} i
+    if [ ! -x "$BIN/$name" ]; then
+        echo "not built ($BIN/$name missing)"
+        return 1
+    fi
     for i in $(seq 50); do port_busy "$port" || break; sleep 0.1; done
     if port_busy "$port"; then
         echo "port $port still in use"
@@ -144,7 +177,8 @@ start_server() {
             SERVER_PID=""
             return 1
         fi
-        if [ "$("${LOAD[@]}" curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; then
+        if [ "$("${LOAD[@]}" curl -s -m 1 --cacert "$BENCH_TLS_CERT" -o /dev/null -w '%{http_code}' \
+            "$(url "$name" /)")" = 200 ]; then
             return 0
         fi
         sleep 0.1
@@ -249,30 +283,48 @@ spread() {
         }'
 }
 
+# servers_for SCENARIO: the servers of $SERVERS that it is for, in order: the
+# TLS servers for a TLS scenario, the others for the rest.
+servers_for() {
+    local server
+    for server in $SERVERS; do
+        if [ -n "${TLS_SCENARIO[$1]:-}" ] && [ -n "${TLS_SERVER[$server]:-}" ]; then
+            echo "$server"
+        elif [ -z "${TLS_SCENARIO[$1]:-}" ] && [ -z "${TLS_SERVER[$server]:-}" ]; then
+            echo "$server"
+        fi
+    done
+}
+
+# reference_for SCENARIO: the server its ratios are to.
+reference_for() { if [ -n "${TLS_SCENARIO[$1]:-}" ]; then echo "$TLS_REFERENCE"; else echo "$REFERENCE"; fi; }
+
 # table SCENARIO "METRIC:LABEL:DECIMALS:FLAGS" ...: one markdown table, a column
 # per metric, then per FLAGS letter: n, the min–max of the repetitions beside
-# the median; r, the ratio to $REFERENCE; b, the ratio to $BLOCKING_PEER.
+# the median; r, the ratio to the scenario's reference (reference_for); b, the
+# ratio to $BLOCKING_PEER.
 table() {
-    local sc=$1 spec metric label dec want server head="| server |" rule="|---|" row value
+    local sc=$1 spec metric label dec want server head="| server |" rule="|---|" row value ref
+    ref=$(reference_for "$1")
     shift
     for spec in "$@"; do
         IFS=: read -r metric label dec want <<<"$spec"
         head+=" $label |"
         rule+="---:|"
         [[ $want == *n* ]] && head+=" min–max of $REPS |" && rule+="---:|"
-        [[ $want == *r* ]] && head+=" vs $REFERENCE |" && rule+="---:|"
+        [[ $want == *r* ]] && head+=" vs $ref |" && rule+="---:|"
         [[ $want == *b* ]] && head+=" vs $BLOCKING_PEER |" && rule+="---:|"
     done
     echo "$head"
     echo "$rule"
-    for server in $SERVERS; do
+    for server in $(servers_for "$sc"); do
         row="| $server |"
         for spec in "$@"; do
             IFS=: read -r metric label dec want <<<"$spec"
             value=$(cell "$sc" "$server" "$metric")
             row+=" $(fmt "$value" "$dec") |"
             [[ $want == *n* ]] && row+=" $(spread "$sc" "$server" "$metric" "$dec") |"
-            [[ $want == *r* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$REFERENCE" "$metric")") |"
+            [[ $want == *r* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$ref" "$metric")") |"
             [[ $want == *b* ]] && row+=" $(ratio "$value" "$(cell "$sc" "$BLOCKING_PEER" "$metric")") |"
         done
         echo "$row"
@@ -338,7 +390,8 @@ wrk_scenario() {
     # It runs on its own, so that a slow answer does not delay the sample.
     (
         sleep_until "$t0" 0.5
-        "${LOAD[@]}" curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}' "$(url "$server" /)"
+        "${LOAD[@]}" curl -s -m 5 --cacert "$BENCH_TLS_CERT" -o /dev/null -w '%{http_code} %{time_total}' \
+            "$(url "$server" /)"
     ) >"$out.probe" &
     pp=$!
     # While wrk is still running: what the load made the server grow to.
@@ -378,7 +431,13 @@ wrk_scenario() {
 
 # ------------------------------------------------------------------ scenarios
 
-url() { echo "http://127.0.0.1:${PORT[$1]}$2"; }
+url() {
+    if [ -n "${TLS_SERVER[$1]:-}" ]; then
+        echo "https://127.0.0.1:${PORT[$1]}$2"
+    else
+        echo "http://127.0.0.1:${PORT[$1]}$2"
+    fi
+}
 
 s1() { wrk_scenario S1 "$1" rps p99 err -t1 -c64 "$(url "$1" /)"; }
 
@@ -622,6 +681,98 @@ s9() {
     fi
 }
 
+# ------------------------------------------------------------- TLS scenarios
+
+s11() { wrk_scenario S11 "$1" rps p99 err -t1 -c64 "$(url "$1" /)"; }
+
+# S12: HTTP/2 over TLS, as ALPN chose it: h2load offers h2 only and prints the
+# protocol it got, which must be h2.
+s12() {
+    local server=$1 out status parsed
+    out="$LOGDIR/S12.$server.$(date +%s%N).h2load"
+    timeout -k 5 $((DUR + 30)) "${LOAD[@]}" h2load -c 16 -m 32 -D "$DUR" "$(url "$server" /)" >"$out" 2>&1
+    status=$?
+    parsed=$(awk -v status="$status" '
+        /^Application protocol:/ { proto = $3 }
+        /^finished in/           { rps = $4 }
+        /^requests:/             { ok = $8; bad = $10 + $12 + $14 }
+        END {
+            if (status == 124 || status == 137) { print "failed: h2load did not finish in time"; exit }
+            if (proto != "" && proto != "h2") { printf "failed: ALPN chose %s, not h2\n", proto; exit }
+            if (rps == "" || ok == "") { printf "failed: h2load error (exit %s)\n", status; exit }
+            if (proto == "") { print "failed: h2load named no application protocol"; exit }
+            if (ok + 0 == 0) { print "failed: no request succeeded"; exit }
+            print rps, bad
+        }' "$out")
+    if [[ $parsed == failed:* ]]; then
+        record_fail S12 "$server" "${parsed#failed: }" rps err
+        return
+    fi
+    record S12 "$server" rps "${parsed% *}"
+    record S12 "$server" err "${parsed#* }"
+}
+
+# S13: new connections, each a full TLS handshake, per second. wrk and h2load
+# resume the session when they reconnect (see README), so the clients are
+# S13_CLIENTS `openssl s_time -new` at once, each a loop of connect, full
+# handshake, `GET / HTTP/1.0`, read to the close, close. The server's CPU time
+# per handshake is reported beside the rate because the rate may be the load
+# tool's limit rather than the server's; the server's share of a core says
+# which.
+s13() {
+    local server=$1 base i status failed="" a b t0 t1 pids=() parsed hs cpu_us cpu_pct
+    base="$LOGDIR/S13.$server.$(date +%s%N).s_time"
+    # s_time stops at the first whole second past its -time; started in the same
+    # second, every client stops at the same moment, so the wall time below is
+    # every client's.
+    sleep "$(awk -v now="$EPOCHREALTIME" 'BEGIN { printf "%.3f", 1.02 - (now - int(now)) }')"
+    a=$(ctx_cpu "$SERVER_PID")
+    t0=$EPOCHREALTIME
+    for ((i = 1; i <= S13_CLIENTS; i++)); do
+        timeout -k 5 $((DUR + 30)) "${LOAD[@]}" openssl s_time -connect "127.0.0.1:${PORT[$server]}" \
+            -new -www / -time "$DUR" >"$base.$i" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}"
+        status=$?
+        [ -n "$failed" ] && continue
+        if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+            failed="s_time did not finish in time"
+        elif [ "$status" != 0 ]; then
+            failed="s_time exit $status: $(grep -v '^\*' "$base.$((i + 1))" | head -c 80 | tr '\n' ' ')"
+        fi
+    done
+    t1=$EPOCHREALTIME
+    b=$(ctx_cpu "$SERVER_PID")
+    if [ -n "$failed" ]; then
+        record_fail S13 "$server" "$failed" hs cpu_us cpu_pct
+        return
+    fi
+    if [ -z "$a" ] || [ -z "$b" ] || ! server_alive; then
+        record_fail S13 "$server" "server died during the run" hs cpu_us cpu_pct
+        return
+    fi
+    # Per client: "N connections in T real seconds, B bytes read per connection".
+    parsed=$(cat "$base".* | awk -v a="$a" -v b="$b" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" -v k="$S13_CLIENTS" '
+        / connections in .* real seconds/ { n += $1; clients++; if ($7 + 0 == 0) empty++ }
+        END {
+            if (clients != k) { printf "failed: %d of %d clients reported\n", clients, k; exit }
+            if (empty) { printf "failed: %d client(s) read no answer to GET /\n", empty; exit }
+            if (n == 0) { print "failed: no connection made"; exit }
+            split(a, x, " "); split(b, y, " "); cpu = (y[2] - x[2]) / hz; wall = t1 - t0
+            printf "%.1f %.1f %.1f\n", n / wall, cpu * 1e6 / n, 100 * cpu / wall
+        }')
+    if [[ $parsed == failed:* ]]; then
+        record_fail S13 "$server" "${parsed#failed: }" hs cpu_us cpu_pct
+        return
+    fi
+    read -r hs cpu_us cpu_pct <<<"$parsed"
+    record S13 "$server" hs "$hs"
+    record S13 "$server" cpu_us "$cpu_us"
+    record S13 "$server" cpu_pct "$cpu_pct"
+}
+
 # --------------------------------------------------------------------- driver
 
 # metrics of each scenario, for "n/a" and failure cells
@@ -630,6 +781,7 @@ declare -A METRICS=(
     [S4]="rps" [S5]="rps p99 err probe up_secs up_rss" [S6]="probes" [S7]="rps p99 err probe threads rss"
     [S8]="fast_rps fast_p99 slow_rps err" [S9]="wake cpu idle_wake idle_cpu threads"
     [S10]="rps p99 err probe threads rss"
+    [S11]="rps p99 err probe threads rss" [S12]="rps err" [S13]="hs cpu_us cpu_pct"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -660,7 +812,7 @@ run_scenario() {
     # elsewhere on a shared machine is spread over all of them rather than
     # landing on one server's runs.
     for ((rep = 1; rep <= reps; rep++)); do
-        for server in $SERVERS; do
+        for server in $(servers_for "$sc"); do
             if [ "$server" = limit ] && [ -z "${LIMIT_SCENARIOS[$sc]:-}" ]; then
                 [ "$rep" = 1 ] && record_all "$sc" "$server" "n/a" ${METRICS[$sc]}
                 continue
@@ -681,6 +833,9 @@ run_scenario() {
                 S8) once S8 "$server" s8 "${METRICS[S8]}" ;;
                 S9) once S9 "$server" s9 "${METRICS[S9]}" ;;
                 S10) once S10 "$server" s10 "${METRICS[S10]}" ;;
+                S11) once S11 "$server" s11 "${METRICS[S11]}" ;;
+                S12) once S12 "$server" s12 "${METRICS[S12]}" ;;
+                S13) once S13 "$server" s13 "${METRICS[S13]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
@@ -767,6 +922,28 @@ print_scenario() {
             echo
             echo "ours vs limit (req/s): $(ratio "$(cell S10 ours rps)" "$(cell S10 limit rps)")"
             ;;
+        S11)
+            echo "### S11: hello over TLS, HTTP/1.1 keep-alive (\`wrk -t1 -c64 -d${DUR}s --latency https://…/\`)"
+            echo
+            table S11 "rps:req/s:0:nr" "p99:p99 ms:2:r" "err:errors:0:" "probe:new client mid-run ms:2:"
+            ;;
+        S12)
+            echo "### S12: HTTP/2 over TLS, h2 by ALPN (\`h2load -c 16 -m 32 -D $DUR https://…/\`)"
+            echo
+            table S12 "rps:req/s:0:nr" "err:failed + errored + timed out:0:"
+            echo
+            echo "Every run's h2load reported \"Application protocol: h2\" (a run that did not is a failed cell)."
+            ;;
+        S13)
+            echo "### S13: full TLS handshakes per second ($S13_CLIENTS x \`openssl s_time -new -www / -time $DUR\`" \
+                "at once, a new connection and handshake per \`GET /\`)"
+            echo
+            table S13 "hs:handshakes/s:0:nr" "cpu_us:server CPU µs/handshake:0:nr" "cpu_pct:server CPU % of a core:0:"
+            echo
+            echo "Server CPU: utime + stime (/proc/PID/stat) over the run, per handshake and as a share of one" \
+                "core. A server well under 100 % of its core(s) was waiting for the clients: then the" \
+                "handshake rate is the load tool's, and CPU per handshake is the figure that tells servers apart."
+            ;;
     esac
     local loads
     loads=$(cat "$RES/$sc"/*/load1 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi }')
@@ -790,9 +967,10 @@ header() {
         "$(uname -sr); load average before: $LOAD_BEFORE"
     echo "- $(rustc --version); crates (bench/Cargo.lock): hyper $(lock_version hyper)," \
         "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra) (astra04, ours)," \
-        "tiny_http $(lock_version tiny_http), mio $(lock_version mio)"
+        "tiny_http $(lock_version tiny_http), mio $(lock_version mio), rustls $(lock_version rustls)," \
+        "tokio-rustls $(lock_version tokio-rustls)"
     echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
-        "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null)"
+        "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null); $(openssl version 2>&1 | awk '{ print $1, $2 }')"
     if [ "$PIN" = 1 ]; then
         echo "- mode: pinned (PIN=1): every server under \`taskset -c $PIN_SERVER_CPUS\`, every load tool" \
             "and the driver under \`taskset -c $PIN_LOAD_CPUS\`; servers size themselves from their" \
@@ -802,7 +980,8 @@ header() {
     fi
     echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
         "S3 $S3_CONNS connections, S4 $S4_N requests; every server fresh for every repetition;" \
-        "ratios are to $REFERENCE in this run (for latency, threads, RSS and time: lower is better)"
+        "ratios are to $REFERENCE in this run, in S11-S13 to $TLS_REFERENCE (for latency, threads, RSS, time" \
+        "and CPU per handshake: lower is better)"
     local rev dirty
     rev=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null)
     dirty=$(git -C "$HERE/.." status --porcelain -- src Cargo.toml 2>/dev/null | wc -l)
@@ -829,6 +1008,7 @@ main() {
     take_lock
     install_tools
     build
+    make_cert
     raise_fd_limit
     if [ "$PIN" = 1 ]; then
         # The driver's own sleeps, awks and curls go with the load tools, off the

@@ -1,5 +1,5 @@
 // Shared pieces of the hyper + tokio servers, included by `hyper_tokio`,
-// `hyper_tokio_64k` and `hyper_blocking`.
+// `hyper_tokio_64k`, `hyper_blocking` and `hyper_tokio_tls`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -87,15 +87,9 @@ fn handle_blocking(request: Request<Incoming>, runtime: tokio::runtime::Handle) 
     }
 }
 
-/// The idiomatic accept loop: one tokio task per connection, served by
-/// hyper-util's auto (HTTP/1 + HTTP/2 prior knowledge) builder, at hyper's
-/// defaults except, if given, the HTTP/1 read buffer's cap
-/// (`http1().max_buf_size`).
-async fn accept_loop<F, Fut>(handler: F, http1_max_buf_size: Option<usize>)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Reply, Infallible>> + Send + 'static,
-{
+/// The listener on argv[1]'s address; like every server, exits if it cannot
+/// have it, so that `run.sh` sees a failed start rather than a silent one.
+async fn bind_or_exit() -> TcpListener {
     let addr: SocketAddr = match astra_bench::listen_addr().parse() {
         Ok(addr) => addr,
         Err(err) => {
@@ -103,24 +97,53 @@ where
             std::process::exit(2);
         }
     };
-    let listener = match TcpListener::bind(addr).await {
+    match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!("bind {addr}: {err}");
             std::process::exit(1);
         }
-    };
+    }
+}
+
+/// The next accepted connection, with `TCP_NODELAY` set.
+async fn accept_next(listener: &TcpListener) -> tokio::net::TcpStream {
     loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
             Err(err) => {
                 // EMFILE and friends: back off briefly rather than spin.
                 eprintln!("accept: {err}");
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
+        }
+    }
+}
+
+/// A connection's error. Resets and early closes are routine under load; keep
+/// quiet unless asked.
+fn connection_error(what: &str, err: &dyn std::fmt::Display) {
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("{what}: {err}");
+    }
+}
+
+/// The idiomatic accept loop: one tokio task per connection, served by
+/// hyper-util's auto (HTTP/1 + HTTP/2 prior knowledge) builder, at hyper's
+/// defaults except, if given, the HTTP/1 read buffer's cap
+/// (`http1().max_buf_size`).
+#[allow(dead_code)]
+async fn accept_loop<F, Fut>(handler: F, http1_max_buf_size: Option<usize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Reply, Infallible>> + Send + 'static,
+{
+    let listener = bind_or_exit().await;
+    loop {
+        let stream = accept_next(&listener).await;
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(handler);
@@ -132,11 +155,7 @@ where
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                // Resets and early closes are routine under load; keep quiet
-                // unless asked.
-                if std::env::var_os("BENCH_VERBOSE").is_some() {
-                    eprintln!("connection: {err}");
-                }
+                connection_error("connection", &err);
             }
         });
     }

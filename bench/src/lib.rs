@@ -38,6 +38,19 @@ pub fn listen_addr() -> String {
         .unwrap_or_else(|| DEFAULT_ADDR.to_string())
 }
 
+/// The TLS servers' certificate chain and private key, PEM files: argv[2] and
+/// argv[3], else `$BENCH_TLS_CERT` and `$BENCH_TLS_KEY`. The environment is
+/// there so that `run.sh` can start every server with the same one argument.
+pub fn tls_paths() -> Result<(String, String), String> {
+    let from = |n: usize, var: &str| {
+        std::env::args()
+            .nth(n)
+            .or_else(|| std::env::var(var).ok())
+            .ok_or_else(|| format!("no {var} (argv[{n}] or ${var})"))
+    };
+    Ok((from(2, "BENCH_TLS_CERT")?, from(3, "BENCH_TLS_KEY")?))
+}
+
 /// Which route a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
