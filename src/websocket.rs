@@ -338,6 +338,19 @@ impl WebSocketUpgrade {
             .max_frame_size(Some(self.settings.max_frame))
     }
 
+    /// The response that accepts the handshake and the socket's settings,
+    /// or the 403 of a refused origin.
+    #[allow(clippy::result_large_err)]
+    fn accept(&self) -> Result<(Response, WebSocketConfig), Response> {
+        if !self.origin_allowed {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "this origin may not open a WebSocket",
+            ));
+        }
+        Ok((self.accepting(), self.config()))
+    }
+
     /// The response that accepts the handshake.
     fn accepting(&self) -> Response {
         let mut response = Response::new(Body::empty());
@@ -370,14 +383,10 @@ impl WebSocketUpgrade {
     ///
     /// See the [module docs](self) for an example.
     pub fn serve<H: Handler>(self, handler: H) -> Response {
-        if !self.origin_allowed {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "this origin may not open a WebSocket",
-            );
-        }
-        let response = self.accepting();
-        let config = self.config();
+        let (response, config) = match self.accept() {
+            Ok(accepted) => accepted,
+            Err(refusal) => return refusal,
+        };
         let settings = self.settings;
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let task = move |io: Io, parts: UpgradeParts| -> crate::upgrade::BoxFuture {
@@ -416,14 +425,10 @@ impl WebSocketUpgrade {
     where
         F: FnOnce(WebSocket<Upgraded>) + Send + 'static,
     {
-        if !self.origin_allowed {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "this origin may not open a WebSocket",
-            );
-        }
-        let response = self.accepting();
-        let config = self.config();
+        let (response, config) = match self.accept() {
+            Ok(accepted) => accepted,
+            Err(refusal) => return refusal,
+        };
         self.upgrade.respond(response, move |stream| {
             then(WebSocket::from_raw_socket(
                 stream,

@@ -304,10 +304,6 @@ fn many_upgrades_open_and_close() {
 #[cfg(feature = "http2")]
 #[test]
 fn http2_extended_connect_gives_a_blocking_stream() {
-    use bytes::Bytes;
-    use http_body_util::Empty;
-    use hyper::rt::{Read as _, Write as _};
-
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let server = server().http2_enable_connect_protocol();
@@ -331,58 +327,7 @@ fn http2_extended_connect_gives_a_blocking_stream() {
             })
         },
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let echoed = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
-        let mut request = http::Request::connect(format!("http://{addr}/echo"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        request
-            .extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("echo"));
-        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let mut io = hyper::upgrade::on(response).await.unwrap();
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut io).poll_write(cx, b"over h2\n"))
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        while !got.ends_with(b"\n") {
-            let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(
-                Duration::from_secs(10),
-                std::future::poll_fn(|cx| {
-                    let mut read = hyper::rt::ReadBuf::new(&mut buf);
-                    match std::pin::Pin::new(&mut io).poll_read(cx, read.unfilled()) {
-                        std::task::Poll::Ready(Ok(())) => {
-                            std::task::Poll::Ready(Ok::<_, io::Error>(read.filled().len()))
-                        }
-                        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-                        std::task::Poll::Pending => std::task::Poll::Pending,
-                    }
-                }),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-            assert!(n > 0, "the stream ended early");
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
-    });
+    let echoed = h2_extended_connect(addr, "echo", &[], b"over h2\n", |got| got.ends_with(b"\n"));
     assert_eq!(echoed, b"OVER H2\n");
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(5)).unwrap().as_deref(),

@@ -516,67 +516,15 @@ fn blocking_mode_echoes_on_a_thread_of_its_own() {
 #[cfg(feature = "http2")]
 #[test]
 fn websocket_over_http2_extended_connect() {
-    use bytes::Bytes;
-    use http_body_util::Empty;
-    use hyper::rt::{Read as _, Write as _};
-    use std::pin::Pin;
-    use std::task::Poll;
-
     let addr = echo_server(server().http2_enable_connect_protocol());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
-        let mut request = http::Request::connect(format!("http://{addr}/"))
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        request
-            .extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let mut io = hyper::upgrade::on(response).await.unwrap();
-        let frame = masked_frame(0x81, b"over h2");
-        std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &frame))
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        while got.len() < 2 + 7 {
-            let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(
-                Duration::from_secs(10),
-                std::future::poll_fn(|cx| {
-                    let mut read = hyper::rt::ReadBuf::new(&mut buf);
-                    match Pin::new(&mut io).poll_read(cx, read.unfilled()) {
-                        Poll::Ready(Ok(())) => {
-                            Poll::Ready(Ok::<_, std::io::Error>(read.filled().len()))
-                        }
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
-    });
+    let frame = masked_frame(0x81, b"over h2");
+    let reply = h2_extended_connect(
+        addr,
+        "websocket",
+        &[("sec-websocket-version", "13")],
+        &frame,
+        |got| got.len() >= 2 + 7,
+    );
     // An unmasked text frame with the same payload.
     assert_eq!(reply[0], 0x81);
     assert_eq!(reply[1], 7);

@@ -756,3 +756,75 @@ pub fn raw_unix_request(path: &std::path::Path, request: &[u8]) -> String {
     let reply = read_until_closed(&mut stream).expect("the server closes after answering");
     String::from_utf8_lossy(&reply).into_owned()
 }
+
+/// Opens an HTTP/2 extended CONNECT stream (RFC 8441) with `:protocol`
+/// `protocol` and `headers` to `addr`, checks it is accepted with a 200,
+/// writes `send` on the stream and reads until `done` says what arrived is
+/// complete; returns what arrived. hyper's client, on a tokio runtime of its
+/// own; every step is bounded.
+#[cfg(feature = "http2")]
+pub fn h2_extended_connect(
+    addr: SocketAddr,
+    protocol: &'static str,
+    headers: &[(&str, &str)],
+    send: &[u8],
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    use hyper::rt::{Read as _, Write as _};
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let mut request = http::Request::connect(format!("http://{addr}/"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let limit = Duration::from_secs(10);
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let response = tokio::time::timeout(limit, sender.send_request(request))
+            .await
+            .expect("the CONNECT is answered")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut io = hyper::upgrade::on(response).await.unwrap();
+        std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, send))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !done(&got) {
+            let mut buf = [0u8; 4096];
+            let read = std::future::poll_fn(|cx| {
+                let mut read = hyper::rt::ReadBuf::new(&mut buf);
+                match Pin::new(&mut io).poll_read(cx, read.unfilled()) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok::<_, io::Error>(read.filled().len())),
+                    Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            let n = tokio::time::timeout(limit, read)
+                .await
+                .expect("the stream answers")
+                .unwrap();
+            assert!(n > 0, "the stream ended early, after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    })
+}
