@@ -1123,7 +1123,8 @@ impl Future for Socket {
         }
         if signal.is_requested() && !this.shutdown_sent {
             this.shutdown_sent = true;
-            this.close(CloseCode::Away, "server shutting down");
+            // After what is already queued, like a sender's close.
+            this.sender.close(CloseCode::Away, "server shutting down");
         }
         loop {
             while this.step(cx) {}

@@ -530,3 +530,26 @@ fn websocket_over_http2_extended_connect() {
     assert_eq!(reply[1], 7);
     assert_eq!(&reply[2..], b"over h2");
 }
+
+#[test]
+fn messages_queued_before_a_shutdown_arrive_before_its_1001() {
+    let server = server().shutdown_timeout(Duration::from_secs(10));
+    let handle = server.handle();
+    let (addr, senders, _closes) = registry_server(server);
+    let mut client = open(addr);
+    let sender = senders.recv_timeout(Duration::from_secs(10)).unwrap();
+    // More than the sockets' buffers hold while the client does not read:
+    // most of it is still queued when the shutdown starts.
+    let message = |i: usize| format!("q{i}:{}", "x".repeat(64 * 1024));
+    for i in 0..150 {
+        sender.send(message(i)).unwrap();
+    }
+    handle.shutdown();
+    for i in 0..150 {
+        assert_eq!(client.read().unwrap(), Message::text(message(i)));
+    }
+    assert_eq!(
+        read_close(&mut client),
+        (CloseCode::Away, "server shutting down".into())
+    );
+}
