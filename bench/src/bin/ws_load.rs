@@ -5,12 +5,16 @@
 //! Usage:
 //!
 //! * `ws_load echo ADDR CONNS SECS SIZE` — opens CONNS WebSockets, one thread
-//!   each; once all are open, each sends a SIZE-byte text message and waits
-//!   for its echo, again and again, for SECS. Prints `messages N`,
-//!   `msgs_per_sec X`, `p50_ms X`, `p99_ms X`, `errors N` and
-//!   `client_cpu_pct X` (this process's CPU time over the run as a % of one
-//!   core: near 100 % on one core means the client, not the server, set the
-//!   pace), or `failed: WHY`.
+//!   each; once all are open, prints `started`, and each sends a SIZE-byte
+//!   text message and waits for its echo, again and again, for SECS. Then
+//!   prints `messages N`, `msgs_per_sec X`, `p50_ms X`, `p99_ms X`, `errors N`
+//!   and `client_cpu_pct X` (this process's CPU time over the run as a % of
+//!   one core: near 100 % on one core means the client, not the server, set
+//!   the pace), or `failed: WHY`, and last `finished`; only then, after
+//!   [`LINGER`], closes the sockets. The caller may read the server's counters
+//!   at `started` and `finished`: every connection is open in between, so a
+//!   server's threads that live as long as their connection are all still
+//!   there to be counted.
 //! * `ws_load idle ADDR CONNS HOLD_SECS` — opens CONNS WebSockets from a few
 //!   threads and leaves them idle. Prints, flushed as they happen: `open N`
 //!   (all that could be opened are open; `stalled: WHY` after it if fewer than
@@ -36,6 +40,8 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(120);
 const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the new client of `idle` waits for its handshake.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `echo` keeps the sockets open after `finished`.
+const LINGER: Duration = Duration::from_secs(1);
 /// Threads opening the idle sockets: a few, so that a server slow to accept
 /// one connection (a thread to start) does not serialise the rest.
 const IDLE_OPENERS: usize = 4;
@@ -171,10 +177,10 @@ fn run_echo(addr: SocketAddr, conns: usize, secs: u64, size: usize) {
             };
             let mut socket = match opened {
                 Ok(socket) => socket,
-                Err(err) => return (Vec::new(), Some(format!("open: {err}"))),
+                Err(err) => return (Vec::new(), Some(format!("open: {err}")), None),
             };
             if let Err(err) = socket.get_ref().set_read_timeout(Some(ECHO_TIMEOUT)) {
-                return (Vec::new(), Some(format!("set_read_timeout: {err}")));
+                return (Vec::new(), Some(format!("set_read_timeout: {err}")), None);
             }
             // Round-trip times in µs; 64 connections x at most a few 100k
             // messages per second stay within a few tens of MB.
@@ -188,22 +194,24 @@ fn run_echo(addr: SocketAddr, conns: usize, secs: u64, size: usize) {
                 }
                 samples.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
-            if error.is_none() {
-                close(socket);
-            }
-            (samples, error)
+            // Kept open, to be closed after `finished` (see the module docs).
+            let keep = error.is_none().then_some(socket);
+            (samples, error, keep)
         }));
     }
     barrier.wait();
     let start = Instant::now();
     let cpu_start = cpu_time();
+    say("started");
     let mut all = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
+    let mut sockets = Vec::with_capacity(conns);
     for handle in threads {
         match handle.join() {
-            Ok((samples, error)) => {
+            Ok((samples, error, socket)) => {
                 all.extend(samples);
+                sockets.extend(socket);
                 if let Some(why) = error {
                     errors += 1;
                     first_error.get_or_insert(why);
@@ -215,7 +223,6 @@ fn run_echo(addr: SocketAddr, conns: usize, secs: u64, size: usize) {
             }
         }
     }
-    // The closes at the end are inside this; they are short beside SECS.
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu_start).as_secs_f64();
     if errors == conns {
@@ -236,6 +243,11 @@ fn run_echo(addr: SocketAddr, conns: usize, secs: u64, size: usize) {
     say(&format!("client_cpu_pct {:.1}", 100.0 * cpu / elapsed));
     if let Some(why) = first_error {
         say(&format!("first_error {why}"));
+    }
+    say("finished");
+    thread::sleep(LINGER);
+    for socket in sockets {
+        close(socket);
     }
 }
 
