@@ -40,6 +40,8 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(120);
 const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the new client of `idle` waits for its handshake.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `echo` waits for each server close frame at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long `echo` keeps the sockets open after `finished`.
 const LINGER: Duration = Duration::from_secs(1);
 /// Threads opening the idle sockets: a few, so that a server slow to accept
@@ -247,6 +249,9 @@ fn run_echo(addr: SocketAddr, conns: usize, secs: u64, size: usize) {
     say("finished");
     thread::sleep(LINGER);
     for socket in sockets {
+        // One after another, so each may wait only briefly for the server's
+        // close frame: 64 x ECHO_TIMEOUT would outlast run.sh's timeout.
+        let _ = socket.get_ref().set_read_timeout(Some(CLOSE_TIMEOUT));
         close(socket);
     }
 }
