@@ -41,8 +41,11 @@ fn main() {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
+            // Out of descriptors, say: the example would stop; a pause
+            // keeps a persistent error from spinning (and flooding stderr).
             Err(err) => {
                 eprintln!("tungstenite_blocking: accept: {err}");
+                thread::sleep(std::time::Duration::from_millis(10));
                 continue;
             }
         };
