@@ -6,10 +6,11 @@
 #   QUICK=1 bench/run.sh         # smoke run: 1 repetition, 3 s durations
 #   SERVERS="ours hyper_tokio" bench/run.sh S2
 #   PIN=1 bench/run.sh S1        # servers on CPU 0, load tools on CPU 1
+#   SERVERS="ours_ws tungstenite_blocking tokio_tungstenite" bench/run.sh S14 S15
 #
 # Environment: QUICK, REPS, DUR (seconds), SERVERS, PIN, PIN_SERVER_CPUS,
 # PIN_LOAD_CPUS, S3_CONNS, S4_N, S6_SECS, S6_REPS, UPLOAD_SIZE (for S5's big
-# upload, a `head -c` size), S13_CLIENTS, LOGDIR.
+# upload, a `head -c` size), S13_CLIENTS, S15_CONNS, LOGDIR.
 #
 # Every step is bounded with `timeout`; a server that fails or hangs gets
 # "failed: why" in its cell and the run goes on.
@@ -37,11 +38,14 @@ S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
 UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
 S13_CLIENTS=${S13_CLIENTS:-4}
-SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit ours_tls hyper_tokio_tls"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 S12 S13"}
+S15_CONNS=${S15_CONNS:-10000}
+SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit ours_tls hyper_tokio_tls ours_ws tungstenite_blocking tokio_tungstenite"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 S12 S13 S14 S15"}
 REFERENCE=hyper_tokio
 # The TLS scenarios' reference: hyper_tokio behind tokio-rustls.
 TLS_REFERENCE=hyper_tokio_tls
+# The WebSocket scenarios' reference: tokio-tungstenite's echo server.
+WS_REFERENCE=tokio_tungstenite
 # The peer for blocking handlers: hyper + spawn_blocking. S2 and S8 report
 # ratios to it too.
 BLOCKING_PEER=hyper_blocking
@@ -74,11 +78,16 @@ declare -A PORT=(
     [ours]=18081 [hyper_tokio]=18082 [hyper_blocking]=18083
     [astra04]=18084 [tiny_http]=18085 [limit]=18086 [hyper_tokio_64k]=18087
     [ours_tls]=18091 [hyper_tokio_tls]=18092
+    [ours_ws]=18100 [tungstenite_blocking]=18101 [tokio_tungstenite]=18102
 )
 # The servers that speak only TLS, and the scenarios made for them: these
 # servers take part in these scenarios and no other, the others in every other.
 declare -A TLS_SERVER=([ours_tls]=1 [hyper_tokio_tls]=1)
 declare -A TLS_SCENARIO=([S11]=1 [S12]=1 [S13]=1)
+# Likewise the WebSocket echo servers (their `/` is a WebSocket, which the
+# peers answer nothing else on) and the scenarios made for them.
+declare -A WS_SERVER=([ours_ws]=1 [tungstenite_blocking]=1 [tokio_tungstenite]=1)
+declare -A WS_SCENARIO=([S14]=1 [S15]=1)
 # Servers without HTTP/2.
 declare -A NO_H2=([tiny_http]=1 [limit]=1)
 # `limit` answers every request with the same 13 bytes and is only meaningful
@@ -177,13 +186,24 @@ start_server() {
             SERVER_PID=""
             return 1
         fi
-        if [ "$("${LOAD[@]}" curl -s -m 1 --cacert "$BENCH_TLS_CERT" -o /dev/null -w '%{http_code}' \
+        # The WebSocket servers are ready when one socket echoes a message
+        # (the peers answer a plain GET with nothing); the others when GET /
+        # is answered.
+        if [ -n "${WS_SERVER[$name]:-}" ]; then
+            if timeout -k 1 4 "${LOAD[@]}" "$BIN/ws_load" probe "127.0.0.1:$port" >/dev/null 2>&1; then
+                return 0
+            fi
+        elif [ "$("${LOAD[@]}" curl -s -m 1 --cacert "$BENCH_TLS_CERT" -o /dev/null -w '%{http_code}' \
             "$(url "$name" /)")" = 200 ]; then
             return 0
         fi
         sleep 0.1
     done
-    echo "did not answer GET / within 10 s of starting"
+    if [ -n "${WS_SERVER[$name]:-}" ]; then
+        echo "did not echo a WebSocket message within 10 s of starting"
+    else
+        echo "did not answer GET / within 10 s of starting"
+    fi
     stop_server
     return 1
 }
@@ -283,26 +303,40 @@ spread() {
         }'
 }
 
+# server_class SERVER, scenario_class SCENARIO: tls, ws or http. A server
+# takes part in the scenarios of its own class only.
+server_class() {
+    if [ -n "${TLS_SERVER[$1]:-}" ]; then echo tls; elif [ -n "${WS_SERVER[$1]:-}" ]; then echo ws; else echo http; fi
+}
+scenario_class() {
+    if [ -n "${TLS_SCENARIO[$1]:-}" ]; then echo tls; elif [ -n "${WS_SCENARIO[$1]:-}" ]; then echo ws; else echo http; fi
+}
+
 # servers_for SCENARIO: the servers of $SERVERS that it is for, in order: the
-# TLS servers for a TLS scenario, the others for the rest.
+# TLS servers for a TLS scenario, the WebSocket servers for a WebSocket one,
+# the others for the rest.
 servers_for() {
-    local server
+    local server class
+    class=$(scenario_class "$1")
     for server in $SERVERS; do
-        if [ -n "${TLS_SCENARIO[$1]:-}" ] && [ -n "${TLS_SERVER[$server]:-}" ]; then
-            echo "$server"
-        elif [ -z "${TLS_SCENARIO[$1]:-}" ] && [ -z "${TLS_SERVER[$server]:-}" ]; then
-            echo "$server"
-        fi
+        [ "$(server_class "$server")" = "$class" ] && echo "$server"
     done
 }
 
 # reference_for SCENARIO: the server its ratios are to.
-reference_for() { if [ -n "${TLS_SCENARIO[$1]:-}" ]; then echo "$TLS_REFERENCE"; else echo "$REFERENCE"; fi; }
+reference_for() {
+    case $(scenario_class "$1") in
+        tls) echo "$TLS_REFERENCE" ;;
+        ws) echo "$WS_REFERENCE" ;;
+        *) echo "$REFERENCE" ;;
+    esac
+}
 
 # table SCENARIO "METRIC:LABEL:DECIMALS:FLAGS" ...: one markdown table, a column
 # per metric, then per FLAGS letter: n, the min–max of the repetitions beside
 # the median; r, the ratio to the scenario's reference (reference_for); b, the
-# ratio to $BLOCKING_PEER.
+# ratio to $BLOCKING_PEER. A row per server the scenario is for, or per name
+# in $TABLE_ROWS if set (S15's comparison row).
 table() {
     local sc=$1 spec metric label dec want server head="| server |" rule="|---|" row value ref
     ref=$(reference_for "$1")
@@ -317,7 +351,7 @@ table() {
     done
     echo "$head"
     echo "$rule"
-    for server in $(servers_for "$sc"); do
+    for server in ${TABLE_ROWS:-$(servers_for "$sc")}; do
         row="| $server |"
         for spec in "$@"; do
             IFS=: read -r metric label dec want <<<"$spec"
@@ -443,11 +477,16 @@ s1() { wrk_scenario S1 "$1" rps p99 err -t1 -c64 "$(url "$1" /)"; }
 
 s2() { wrk_scenario S2 "$1" rps p99 err -t1 -c256 "$(url "$1" /sleep)"; }
 
-s3() {
-    local server=$1 out base hp i rss threads opened latency stalled per
-    out="$LOGDIR/S3.$server.$(date +%s%N).out"
+s3() { idle_http S3 "$1" "$1" "$S3_CONNS"; }
+
+# idle_http SC SERVER KEY COUNT: S3's method, `idle_conns` with COUNT idle
+# keep-alive connections, recorded as KEY's row of SC (S3, and S15's
+# comparison row for plain ours).
+idle_http() {
+    local sc=$1 server=$2 key=$3 count=$4 out base hp i rss threads opened latency stalled per
+    out="$LOGDIR/$sc.$key.$(date +%s%N).out"
     base=$(proc_field "$SERVER_PID" VmRSS)
-    timeout -k 5 150 "${LOAD[@]}" "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$S3_CONNS" 60 >"$out" 2>&1 &
+    timeout -k 5 150 "${LOAD[@]}" "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$count" 60 >"$out" 2>&1 &
     hp=$!
     for i in $(seq 1200); do
         grep -q '^holding' "$out" && break
@@ -465,23 +504,23 @@ s3() {
     stalled=$(sed -n 's/^stalled: //p' "$out")
     latency=$(sed -n 's/^latency_ms //p; s/^latency \(failed: .*\)/\1/p' "$out")
     if [ -z "$opened" ] || [ -z "$latency" ]; then
-        record_fail S3 "$server" "helper did not finish: $(tail -c 120 "$out" | tr '\n' ' ')" \
+        record_fail "$sc" "$key" "helper did not finish: $(tail -c 120 "$out" | tr '\n' ' ')" \
             latency threads rss_per_conn opened
         return
     fi
-    record S3 "$server" opened "$opened"
-    [ -n "$stalled" ] && echo "$server: $stalled" >>"$RES/S3.notes"
-    record S3 "$server" latency "$latency"
+    record "$sc" "$key" opened "$opened"
+    [ -n "$stalled" ] && echo "$key: $stalled" >>"$RES/$sc.notes"
+    record "$sc" "$key" latency "$latency"
     if [ -z "${rss:-}" ] || ! server_alive; then
-        record_fail S3 "$server" "server gone" threads rss_per_conn
+        record_fail "$sc" "$key" "server gone" threads rss_per_conn
         return
     fi
-    record S3 "$server" threads "$threads"
+    record "$sc" "$key" threads "$threads"
     if [ "$opened" -gt 0 ] && [ -n "$base" ]; then
         per=$(awk -v a="$rss" -v b="$base" -v n="$opened" 'BEGIN { printf "%.2f", (a - b) / n }')
-        record S3 "$server" rss_per_conn "$per"
+        record "$sc" "$key" rss_per_conn "$per"
     else
-        record S3 "$server" rss_per_conn "failed: no connection opened"
+        record "$sc" "$key" rss_per_conn "failed: no connection opened"
     fi
 }
 
@@ -773,6 +812,145 @@ s13() {
     record S13 "$server" cpu_pct "$cpu_pct"
 }
 
+# ------------------------------------------------------- WebSocket scenarios
+
+# S14: messages echoed over 64 WebSockets, each a closed loop of a 32-byte
+# text message and its echo (`ws_load echo`). Beside the rate and round trip:
+# the server's CPU and context switches over the run (per message), and
+# ws_load's own CPU, which says whether the client set the pace.
+s14() {
+    local server=$1 out lp status a="" b="" t0 t1="" i threads="" parsed
+    out="$LOGDIR/S14.$server.$(date +%s%N).ws_load"
+    timeout -k 5 $((DUR + 30)) "${LOAD[@]}" "$BIN/ws_load" echo "127.0.0.1:${PORT[$server]}" 64 "$DUR" 32 \
+        >"$out" 2>&1 &
+    lp=$!
+    # The server's counters are read when ws_load says `started` (all 64 open)
+    # and `finished` (all still open): a thread-per-connection server's
+    # threads end with their connections, and their counts with them.
+    for i in $(seq 300); do
+        grep -q '^started' "$out" && break
+        kill -0 "$lp" 2>/dev/null || break
+        sleep 0.05
+    done
+    t0=$EPOCHREALTIME
+    grep -q '^started' "$out" && a=$(ctx_cpu "$SERVER_PID")
+    sleep_until "$t0" 0.8
+    kill -0 "$lp" 2>/dev/null && threads=$(proc_field "$SERVER_PID" Threads)
+    for i in $(seq $((20 * (DUR + 20)))); do
+        grep -q '^finished' "$out" && break
+        kill -0 "$lp" 2>/dev/null || break
+        sleep 0.05
+    done
+    if grep -q '^finished' "$out"; then
+        b=$(ctx_cpu "$SERVER_PID")
+        t1=$EPOCHREALTIME
+    fi
+    wait "$lp"
+    status=$?
+    local metrics="rps p50 p99 err cpu_pct cs_per_msg client_cpu threads"
+    # Killed while closing, after `finished`, its figures still stand.
+    if { [ "$status" = 124 ] || [ "$status" = 137 ]; } && [ -z "$t1" ]; then
+        record_fail S14 "$server" "ws_load did not finish in time" $metrics
+        return
+    fi
+    if grep -q '^failed: ' "$out"; then
+        record_fail S14 "$server" "$(sed -n 's/^failed: //p' "$out" | head -c 120)" $metrics
+        return
+    fi
+    if [ -z "$a" ] || [ -z "$b" ] || ! server_alive; then
+        record_fail S14 "$server" "server died during the run, or ws_load said no started/finished" $metrics
+        return
+    fi
+    parsed=$(awk -v a="$a" -v b="$b" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" '
+        $1 == "messages"       { n = $2 }
+        $1 == "msgs_per_sec"   { rps = $2 }
+        $1 == "p50_ms"         { p50 = $2 }
+        $1 == "p99_ms"         { p99 = $2 }
+        $1 == "errors"         { err = $2 }
+        $1 == "client_cpu_pct" { ccpu = $2 }
+        END {
+            if (rps == "" || n + 0 == 0) { print "failed: ws_load printed no rate"; exit }
+            split(a, x, " "); split(b, y, " ")
+            printf "%s %s %s %s %.1f %.3f %s\n", rps, p50, p99, err,
+                100 * (y[2] - x[2]) / hz / (t1 - t0), (y[1] - x[1]) / n, ccpu
+        }' "$out")
+    if [[ $parsed == failed:* ]]; then
+        record_fail S14 "$server" "${parsed#failed: }" $metrics
+        return
+    fi
+    local rps p50 p99 err cpu_pct cs client_cpu
+    read -r rps p50 p99 err cpu_pct cs client_cpu <<<"$parsed"
+    record S14 "$server" rps "$rps"
+    record S14 "$server" p50 "$p50"
+    record S14 "$server" p99 "$p99"
+    record S14 "$server" err "$err"
+    record S14 "$server" cpu_pct "$cpu_pct"
+    record S14 "$server" cs_per_msg "$cs"
+    record S14 "$server" client_cpu "$client_cpu"
+    if [ -n "$threads" ]; then
+        record S14 "$server" threads "$threads"
+    else
+        record S14 "$server" threads "failed: not sampled at 80 % of the run"
+    fi
+}
+
+# S15: S15_CONNS idle WebSockets (`ws_load idle`), then one more WebSocket's
+# connect + handshake, timed; the server's Threads: and (VmRSS with them open
+# - VmRSS before) / sockets, read while they are open. Short of S15_CONNS is a
+# failed cell, with why (the helper's, or the server's own message, such as
+# tungstenite_blocking's "thread creation failed").
+s15() {
+    local server=$1 out hp i base rss threads opened latency stalled per why errfile errsize
+    out="$LOGDIR/S15.$server.$(date +%s%N).ws_load"
+    errfile="$LOGDIR/$server.err"
+    errsize=$(stat -c %s "$errfile" 2>/dev/null || echo 0)
+    base=$(proc_field "$SERVER_PID" VmRSS)
+    # Opening may take up to ws_load's 120 s deadline, the new socket 10 s.
+    timeout -k 5 200 "${LOAD[@]}" "$BIN/ws_load" idle "127.0.0.1:${PORT[$server]}" "$S15_CONNS" 60 >"$out" 2>&1 &
+    hp=$!
+    for i in $(seq 1800); do
+        grep -q '^holding' "$out" && break
+        kill -0 "$hp" 2>/dev/null || break
+        sleep 0.1
+    done
+    if grep -q '^holding' "$out"; then
+        sleep 0.5
+        rss=$(proc_field "$SERVER_PID" VmRSS)
+        threads=$(proc_field "$SERVER_PID" Threads)
+    fi
+    kill "$hp" 2>/dev/null
+    wait "$hp" 2>/dev/null
+    opened=$(awk '$1 == "open" { print $2 }' "$out")
+    stalled=$(sed -n 's/^stalled: //p' "$out")
+    latency=$(sed -n 's/^latency_ms //p; s/^latency \(failed: .*\)/\1/p' "$out")
+    if [ -z "$opened" ] || [ -z "$latency" ]; then
+        record_fail S15 "$server" "helper did not finish: $(tail -c 120 "$out" | tr '\n' ' ')" \
+            threads rss_per_conn latency opened
+        return
+    fi
+    record S15 "$server" opened "$opened"
+    if [ "$opened" -lt "$S15_CONNS" ]; then
+        # The server's own word, if it logged one during this run, says more
+        # than the client's "connection reset".
+        why=$(tail -c +$((errsize + 1)) "$errfile" 2>/dev/null | head -1 | sed "s/^$server: //" | head -c 100)
+        record_fail S15 "$server" "opened $opened of $S15_CONNS: ${why:-$stalled}" threads rss_per_conn latency
+        return
+    fi
+    record S15 "$server" latency "$latency"
+    if [ -z "${rss:-}" ] || ! server_alive; then
+        record_fail S15 "$server" "server gone" threads rss_per_conn
+        return
+    fi
+    record S15 "$server" threads "$threads"
+    per=$(awk -v a="$rss" -v b="$base" -v n="$opened" 'BEGIN { printf "%.2f", (a - b) / n }')
+    record S15 "$server" rss_per_conn "$per"
+}
+
+# S15's comparison row: plain ours, S3's method at S15_CONNS connections, so
+# that ours_ws's KiB per idle WebSocket can be set against ours's KiB per idle
+# HTTP keep-alive connection measured in the same run.
+s15_http() { idle_http S15 "$1" ours_http "$S15_CONNS"; }
+
 # --------------------------------------------------------------------- driver
 
 # metrics of each scenario, for "n/a" and failure cells
@@ -782,6 +960,7 @@ declare -A METRICS=(
     [S8]="fast_rps fast_p99 slow_rps err" [S9]="wake cpu idle_wake idle_cpu threads"
     [S10]="rps p99 err probe threads rss"
     [S11]="rps p99 err probe threads rss" [S12]="rps err" [S13]="hs cpu_us cpu_pct"
+    [S14]="rps p50 p99 err cpu_pct cs_per_msg client_cpu threads" [S15]="threads rss_per_conn latency opened"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -794,11 +973,12 @@ start_server_checked() {
     return 1
 }
 
-# once SC SERVER FUNCTION METRICS: a fresh server, one run of FUNCTION, stop.
+# once SC SERVER FUNCTION METRICS [KEY]: a fresh server, one run of FUNCTION,
+# stop. A failure to start is recorded in KEY's row (default SERVER).
 once() {
-    local sc=$1 server=$2 fn=$3 metrics=$4
+    local sc=$1 server=$2 fn=$3 metrics=$4 key=${5:-$2}
     if ! start_server_checked "$server" >"$LOGDIR/.why"; then
-        record_fail "$sc" "$server" "$(cat "$LOGDIR/.why")" $metrics
+        record_fail "$sc" "$key" "$(cat "$LOGDIR/.why")" $metrics
         return
     fi
     "$fn" "$server"
@@ -836,9 +1016,18 @@ run_scenario() {
                 S11) once S11 "$server" s11 "${METRICS[S11]}" ;;
                 S12) once S12 "$server" s12 "${METRICS[S12]}" ;;
                 S13) once S13 "$server" s13 "${METRICS[S13]}" ;;
+                S14) once S14 "$server" s14 "${METRICS[S14]}" ;;
+                S15) once S15 "$server" s15 "${METRICS[S15]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
+        # S15's comparison row: plain ours (whether or not in $SERVERS) with
+        # idle HTTP connections, in the same repetition as the WebSockets.
+        if [ "$sc" = S15 ] && [ -n "$(servers_for S15)" ]; then
+            log "S15 ours (idle HTTP keep-alive, for comparison) run $rep/$reps"
+            record S15 ours_http load1 "$(cut -d' ' -f1 /proc/loadavg)"
+            once S15 ours s15_http "threads rss_per_conn latency opened" ours_http
+        fi
     done
 }
 
@@ -944,6 +1133,42 @@ print_scenario() {
                 "core. A server well under 100 % of its core(s) was waiting for the clients: then the" \
                 "handshake rate is the load tool's, and CPU per handshake is the figure that tells servers apart."
             ;;
+        S14)
+            echo "### S14: messages echoed over 64 WebSockets, 32-byte text messages, closed loop" \
+                "(\`ws_load echo ADDR 64 $DUR 32\`)"
+            echo
+            table S14 "rps:messages/s:0:nr" "p50:p50 ms:3:r" "p99:p99 ms:3:r" "err:errors:0:" \
+                "cpu_pct:server CPU % of a core:0:" "cs_per_msg:server context switches/message:3:r" \
+                "client_cpu:ws_load CPU % of a core:0:" "threads:threads at 80 %:0:"
+            echo
+            echo "Round trip: ws_load's send of one message to the arrival of its echo, every message timed." \
+                "Server CPU: utime + stime over the run; context switches: voluntary + involuntary, summed" \
+                "over the server's threads, over the run, per message echoed. ws_load near 100 % of its" \
+                "core(s) means the client set the pace, not the server."
+            ;;
+        S15)
+            echo "### S15: $S15_CONNS idle WebSockets (\`ws_load idle ADDR $S15_CONNS 60\`), then one more" \
+                "WebSocket's TCP connect + handshake"
+            echo
+            table S15 "threads:threads:0:r" "rss_per_conn:RSS KiB/idle WebSocket:2:nr" \
+                "latency:new WebSocket (connect + handshake) ms:2:r" "opened:sockets opened:0:"
+            echo
+            echo "For comparison, in the same run: plain \`ours\` with $S15_CONNS idle HTTP/1.1 keep-alive" \
+                "connections, S3's method (\`idle_conns ADDR $S15_CONNS 60\`; its new client is a \`GET /\`):"
+            echo
+            TABLE_ROWS=ours_http table S15 "threads:threads:0:" "rss_per_conn:RSS KiB/idle HTTP conn:2:n" \
+                "latency:new client GET / ms:2:" "opened:conns opened:0:"
+            echo
+            echo "ours_ws KiB per idle WebSocket / ours KiB per idle HTTP connection:" \
+                "$(ratio "$(cell S15 ours_ws rss_per_conn)" "$(cell S15 ours_http rss_per_conn)") (goal: <= 2x)"
+            if [ -s "$RES/S15.notes" ]; then
+                echo
+                sed 's/^/- stalled: /' "$RES/S15.notes" | sort | uniq -c | sed 's/^ *\([0-9]*\) \(.*\)/\2 (x\1)/'
+            fi
+            echo
+            echo "RSS is the server process's VmRSS; the kernel's socket buffers are not in it, and are the" \
+                "same for every server."
+            ;;
     esac
     local loads
     loads=$(cat "$RES/$sc"/*/load1 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi }')
@@ -968,7 +1193,8 @@ header() {
     echo "- $(rustc --version); crates (bench/Cargo.lock): hyper $(lock_version hyper)," \
         "hyper-util $(lock_version hyper-util), tokio $(lock_version tokio), astra $(lock_version astra) (astra04, ours)," \
         "tiny_http $(lock_version tiny_http), mio $(lock_version mio), rustls $(lock_version rustls)," \
-        "tokio-rustls $(lock_version tokio-rustls)"
+        "tokio-rustls $(lock_version tokio-rustls), tungstenite $(lock_version tungstenite)," \
+        "tokio-tungstenite $(lock_version tokio-tungstenite)"
     echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
         "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null); $(openssl version 2>&1 | awk '{ print $1, $2 }')"
     if [ "$PIN" = 1 ]; then
@@ -979,14 +1205,16 @@ header() {
         echo "- mode: shared (PIN=0): servers and load tools unpinned, sharing all $CORES cores"
     fi
     echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
-        "S3 $S3_CONNS connections, S4 $S4_N requests; every server fresh for every repetition;" \
-        "ratios are to $REFERENCE in this run, in S11-S13 to $TLS_REFERENCE (for latency, threads, RSS, time" \
-        "and CPU per handshake: lower is better)"
+        "S3 $S3_CONNS connections, S4 $S4_N requests, S15 $S15_CONNS sockets; every server fresh for every" \
+        "repetition; ratios are to $REFERENCE in this run, in S11-S13 to $TLS_REFERENCE, in S14-S15 to" \
+        "$WS_REFERENCE (for latency, threads, RSS, time, CPU per handshake and context switches per" \
+        "message: lower is better)"
     local rev dirty
     rev=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null)
     dirty=$(git -C "$HERE/.." status --porcelain -- src Cargo.toml 2>/dev/null | wc -l)
     echo "- ours built from commit $rev$([ "$dirty" != 0 ] && echo " plus $dirty uncommitted change(s) in src/ or Cargo.toml")"
-    echo "- ports: $(for s in $SERVERS; do printf '%s %s, ' "$s" "${PORT[$s]}"; done | sed 's/, $//')"
+    echo "- ports: $(for s in $SERVERS; do printf '%s %s, ' "$s" "${PORT[$s]}"; done | sed 's/, $//')$(
+        [[ " $SCENARIOS " == *" S15 "* ]] && [[ " $SERVERS " != *" ours "* ]] && echo " (and ours ${PORT[ours]}, S15's comparison row)")"
     echo
 }
 

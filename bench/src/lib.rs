@@ -74,3 +74,16 @@ pub fn route(method: &str, path: &str) -> Route {
         _ => Route::NotFound,
     }
 }
+
+/// The tungstenite configuration of the WebSocket peers (`tungstenite_blocking`,
+/// `tokio_tungstenite`): `None`, tungstenite's defaults, unless
+/// `$BENCH_WS_READ_BUFFER` is set, when their read buffer is that many bytes.
+///
+/// `run.sh` never sets it. It is a control for S15: tungstenite's default
+/// read buffer is 128 KiB and zero-filled on the first read, so it is most of
+/// what an idle socket costs those servers; astra's messages mode uses 4 KiB.
+/// Set to 4096, the peers show what is left once that setting is the same.
+pub fn ws_config() -> Option<tungstenite::protocol::WebSocketConfig> {
+    let bytes: usize = std::env::var("BENCH_WS_READ_BUFFER").ok()?.parse().ok()?;
+    Some(tungstenite::protocol::WebSocketConfig::default().read_buffer_size(bytes))
+}
