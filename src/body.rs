@@ -64,6 +64,21 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Response bodies are built with [`Body::new`] (bytes known up front, sent with a
 /// `Content-Length`), [`Body::empty`], or [`Body::wrap_reader`] (streamed from any
 /// [`io::Read`], sent chunked unless you set a `Content-Length` header yourself).
+///
+/// # Errors
+///
+/// Reading a request body (iterating, or through [`Body::reader`]) fails with
+/// an `io::Error` whose kind says why, so a handler can tell the cases apart
+/// without parsing messages; hyper's own error, where there is one, is its
+/// [`source`](std::error::Error::source):
+///
+/// - `TimedOut`: no data came for
+///   [`Server::body_read_timeout`](crate::Server::body_read_timeout).
+/// - `UnexpectedEof`: the client went away before the end of the body (the
+///   connection closed short of its `Content-Length` or last chunk).
+/// - `InvalidData`: the body is malformed (bad chunked encoding).
+/// - `ConnectionReset`: over HTTP/2, the client reset the stream, or the
+///   connection failed.
 pub struct Body {
     kind: Kind,
     /// What a [`BodyReader`] took from `kind` but has not handed out yet: the
@@ -253,7 +268,7 @@ impl Iterator for Body {
                 };
                 match frame {
                     None => return None,
-                    Some(Err(err)) => return Some(Err(io::Error::other(err))),
+                    Some(Err(err)) => return Some(Err(body_error(err))),
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) if data.is_empty() => continue,
                         Ok(data) => return Some(Ok(data)),
@@ -263,6 +278,38 @@ impl Iterator for Body {
             },
         }
     }
+}
+
+/// A failed request-body read as an `io::Error` whose kind tells what went
+/// wrong (see "Errors" on [`Body`]); hyper's error stays its source.
+fn body_error(err: hyper::Error) -> io::Error {
+    // hyper wraps the decoder's own io::Error (a bad chunk size, a
+    // connection closed mid-body): its kind is the most precise.
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            let kind = match io.kind() {
+                // The chunked decoder's word for a malformed body.
+                io::ErrorKind::InvalidInput => io::ErrorKind::InvalidData,
+                kind => kind,
+            };
+            if kind != io::ErrorKind::Other {
+                return io::Error::new(kind, err);
+            }
+        }
+        source = cause.source();
+    }
+    let kind = if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        io::ErrorKind::UnexpectedEof
+    } else if err.is_parse() {
+        io::ErrorKind::InvalidData
+    } else if err.is_timeout() {
+        io::ErrorKind::TimedOut
+    } else {
+        // HTTP/2: the client reset the stream, or the connection failed.
+        io::ErrorKind::ConnectionReset
+    };
+    io::Error::new(kind, err)
 }
 
 type BoxReader = Box<dyn Read + Send>;
@@ -384,7 +431,8 @@ impl http_body::Body for Body {
 
 /// An [`io::Read`] view of a [`Body`], made by [`Body::reader`].
 ///
-/// Reads block until data has arrived. Reaching the end of the body reads `Ok(0)`.
+/// Reads block until data has arrived. Reaching the end of the body reads `Ok(0)`;
+/// a failed read's `io::ErrorKind` says why (see "Errors" on [`Body`]).
 ///
 /// The part of a chunk a read did not take stays in the [`Body`], so dropping
 /// the reader loses nothing: another reader, or iterating the body, goes on
