@@ -13,6 +13,7 @@ use crate::net::Conn;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::service::HyperService;
 use crate::shutdown::ConnectionGuard;
+use crate::stats::{CloseReason, Open, OpenGuard};
 use crate::timeouts::{Activity, Timeouts};
 
 /// Which protocols a connection may speak.
@@ -35,6 +36,7 @@ pub(crate) struct Protocols {
     pub(crate) timeouts: Timeouts,
     pub(crate) timer: Timer,
     pub(crate) upgrades: Arc<crate::upgrade::UpgradeContext>,
+    pub(crate) access_log: bool,
 }
 
 /// Serves one accepted connection until it closes.
@@ -47,6 +49,7 @@ pub(crate) async fn serve(
 ) {
     let peer = describe_peer(service.info.peer_addr);
     let activity = conn.activity().clone();
+    let guard_metrics = guard.signal().metrics.clone();
     let mut watch = Watch {
         protocols: protocols.clone(),
         activity,
@@ -54,6 +57,7 @@ pub(crate) async fn serve(
         sleep: None,
         shutdown_sent: false,
         keep_alive_only: false,
+        open: guard_metrics.open(Open::Http1),
     };
     #[cfg(feature = "tls")]
     if let Some(config) = tls {
@@ -78,31 +82,51 @@ pub(crate) async fn serve(
                 watch.run(serve_http1(&protocols, conn, service)).await
             }
             Ended::Done(Err(err)) => {
+                // Nothing was asked: a client that just closes is done.
+                let reason = if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                    CloseReason::Done
+                } else {
+                    CloseReason::ClientGone
+                };
+                watch.open.metrics().closed(reason);
                 log::debug!("connection from {peer} closed before its first request: {err}");
                 return;
             }
-            Ended::Closed(why) => {
-                log::debug!("closed the connection from {peer}: {why}");
+            Ended::Closed(reason) => {
+                watch.open.metrics().closed(reason);
+                log::debug!("closed the connection from {peer}: {reason}");
                 return;
             }
         },
     };
-    log_end(&peer, result);
+    watch.end(&peer, result);
+}
+
+/// Whether a connection's error means the client went away (mid-request, a
+/// reset), not that it broke the protocol.
+fn client_went_away(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Names a client in log lines.
 pub(crate) fn describe_peer(peer: Option<std::net::SocketAddr>) -> String {
     peer.map_or_else(|| "a Unix socket client".into(), |peer| peer.to_string())
-}
-
-/// Logs how a connection ended.
-fn log_end(peer: &str, result: Ended<Result<(), hyper::Error>>) {
-    match result {
-        Ended::Done(Ok(())) => {}
-        // Clients that go away mid-request are routine; not worth a warning.
-        Ended::Done(Err(err)) => log::debug!("connection from {peer} ended with an error: {err}"),
-        Ended::Closed(why) => log::debug!("closed the connection from {peer}: {why}"),
-    }
 }
 
 /// The TLS handshake (under the header-read timeout, like a request head),
@@ -120,11 +144,13 @@ async fn serve_tls(
     let stream = match watch.run(Prelude(Box::pin(accept))).await {
         Ended::Done(Ok(stream)) => stream,
         Ended::Done(Err(err)) => {
+            watch.open.metrics().closed(CloseReason::TlsHandshake);
             log::debug!("TLS handshake with {peer} failed: {err}");
             return;
         }
-        Ended::Closed(why) => {
-            log::debug!("closed the connection from {peer} during its TLS handshake: {why}");
+        Ended::Closed(reason) => {
+            watch.open.metrics().closed(reason);
+            log::debug!("closed the connection from {peer} during its TLS handshake: {reason}");
             return;
         }
     };
@@ -142,10 +168,11 @@ async fn serve_tls(
                 "closed the connection from {peer}: ALPN chose h2, which this server does not \
                  serve (the TLS configuration offers it, but HTTP/2 is off)"
             );
+            watch.open.metrics().closed(CloseReason::Error);
             return;
         }
     };
-    log_end(&peer, result);
+    watch.end(&peer, result);
 }
 
 #[cfg(feature = "http2")]
@@ -159,6 +186,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     watch.keep_alive_only = true;
+    watch.open.switch(Open::Http2);
     watch
         .run(protocols.http2.serve_connection(io, service))
         .await
@@ -231,8 +259,8 @@ impl<F: Future> Graceful for Prelude<F> {
 /// How a watched future ended.
 enum Ended<T> {
     Done(T),
-    /// We closed it; the reason names the timeout or the shutdown.
-    Closed(String),
+    /// We closed it: a timeout or the shutdown.
+    Closed(CloseReason),
 }
 
 /// Runs a connection's futures under its deadlines and the shutdown signal.
@@ -244,9 +272,34 @@ struct Watch {
     sleep: Option<Sleep>,
     shutdown_sent: bool,
     keep_alive_only: bool,
+    /// Counts the connection as open, by protocol, in the server's stats.
+    open: OpenGuard,
 }
 
 impl Watch {
+    /// Counts how the connection ended and logs it.
+    fn end(&self, peer: &str, result: Ended<Result<(), hyper::Error>>) {
+        let reason = match &result {
+            // An idle connection that hyper closed for the graceful shutdown.
+            Ended::Done(Ok(())) if self.shutdown_sent => CloseReason::Shutdown,
+            // hyper ends a connection whose client left mid-request quietly.
+            Ended::Done(Ok(())) if self.activity.client_gone() => CloseReason::ClientGone,
+            Ended::Done(Ok(())) => CloseReason::Done,
+            Ended::Done(Err(err)) if client_went_away(err) => CloseReason::ClientGone,
+            Ended::Done(Err(_)) => CloseReason::Error,
+            Ended::Closed(reason) => *reason,
+        };
+        self.open.metrics().closed(reason);
+        match result {
+            Ended::Done(Ok(())) => {}
+            // Clients that go away mid-request are routine; not worth a warning.
+            Ended::Done(Err(err)) => {
+                log::debug!("connection from {peer} ended ({reason}): {err}")
+            }
+            Ended::Closed(reason) => log::debug!("closed the connection from {peer}: {reason}"),
+        }
+    }
+
     async fn run<F: Graceful>(&mut self, future: F) -> Ended<F::Output> {
         let mut future = std::pin::pin!(future);
         std::future::poll_fn(|cx| self.poll_watched(future.as_mut(), cx)).await
@@ -260,12 +313,12 @@ impl Watch {
         self.guard.watch(cx.waker());
         let signal = self.guard.signal();
         if signal.is_forced() {
-            return Poll::Ready(Ended::Closed("shutdown timeout".into()));
+            return Poll::Ready(Ended::Closed(CloseReason::ShutdownTimeout));
         }
         if signal.is_requested() && !self.shutdown_sent {
             self.shutdown_sent = true;
             if !future.as_mut().graceful_shutdown() {
-                return Poll::Ready(Ended::Closed("server shutting down".into()));
+                return Poll::Ready(Ended::Closed(CloseReason::Shutdown));
             }
         }
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
@@ -284,7 +337,7 @@ impl Watch {
                 // and the common poll reads no clock.
                 Some(sleep) if sleep.deadline() <= deadline => {}
                 _ if Instant::now() >= deadline => {
-                    return Poll::Ready(Ended::Closed(phase.to_string()));
+                    return Poll::Ready(Ended::Closed(phase.reason()));
                 }
                 Some(sleep) => sleep.reset(deadline),
                 None => self.sleep = Some(self.protocols.timer.sleep_until(deadline)),

@@ -25,6 +25,8 @@ mod service;
 #[cfg(not(astra_loom))]
 mod shutdown;
 #[cfg(not(astra_loom))]
+mod stats;
+#[cfg(not(astra_loom))]
 mod timeouts;
 #[cfg(all(feature = "tls", not(astra_loom)))]
 mod tls;
@@ -49,6 +51,8 @@ pub use server::Server;
 pub use service::{ConnectionInfo, PeerCredentials, Service};
 #[cfg(not(astra_loom))]
 pub use shutdown::ServerHandle;
+#[cfg(not(astra_loom))]
+pub use stats::{CloseReason, Stats};
 #[cfg(all(feature = "tls", not(astra_loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::{TlsConfig, TlsInfo};

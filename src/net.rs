@@ -156,7 +156,7 @@ impl Conn {
             io,
             token,
             pool: pool.clone(),
-            activity: Activity::new(),
+            activity: Activity::new(signal.metrics.clone()),
         })
     }
 
@@ -191,7 +191,8 @@ impl Conn {
     fn note_write(&self, result: &Poll<io::Result<usize>>) {
         match result {
             Poll::Pending => self.activity.on_write_blocked(),
-            Poll::Ready(_) => self.activity.on_write(),
+            Poll::Ready(Err(_)) => self.activity.on_write_failed(),
+            Poll::Ready(Ok(_)) => self.activity.on_write(),
         }
     }
 }
@@ -240,6 +241,8 @@ impl hyper::rt::Read for Conn {
         unsafe { buf.advance(n) };
         if n > 0 {
             self.activity.on_read();
+        } else {
+            self.activity.on_eof();
         }
         Poll::Ready(Ok(()))
     }

@@ -104,6 +104,7 @@ struct Config {
     shutdown_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_blocking_upgrades: usize,
+    access_log: bool,
     #[cfg(feature = "http2")]
     http2: Http2Config,
 }
@@ -148,6 +149,7 @@ impl Default for Config {
             shutdown_timeout: Some(Duration::from_secs(30)),
             max_connections: None,
             max_blocking_upgrades: DEFAULT_MAX_BLOCKING_UPGRADES,
+            access_log: false,
             #[cfg(feature = "http2")]
             http2: Http2Config::default(),
         }
@@ -416,6 +418,7 @@ impl Server {
                 keep_alive: self.config.worker_keep_alive,
             },
         );
+        let _ = signal.pool.set(pool.downgrade());
         let protocols = Arc::new(self.config.protocols(&pool, &signal));
         #[cfg(feature = "tls")]
         self.tls.start(match self.config.mode {
@@ -581,6 +584,27 @@ impl Server {
     /// count here.
     pub fn max_blocking_upgrades(mut self, val: usize) -> Self {
         self.config.max_blocking_upgrades = val;
+        self
+    }
+
+    /// Logs one line per request through `log`, at `info` level with the
+    /// target `astra::access` (filter on it): the client, the request line,
+    /// the status, the response body bytes and the time from the request head
+    /// to the last byte handed over, e.g.
+    /// `127.0.0.1:51234 "GET /index.html HTTP/1.1" 200 5120 0.412ms`. Off by
+    /// default; the line is written when the response is done (or abandoned,
+    /// with the bytes sent so far).
+    ///
+    /// ```no_run
+    /// use astra::{Body, Response, Server};
+    ///
+    /// Server::bind("127.0.0.1:3000")
+    ///     .access_log(true)
+    ///     .serve(|_request, _info| Response::new(Body::new("logged")))
+    ///     .expect("serve failed");
+    /// ```
+    pub fn access_log(mut self, enabled: bool) -> Self {
+        self.config.access_log = enabled;
         self
     }
 
@@ -976,6 +1000,7 @@ impl Config {
             http2,
             timeouts: self.timeouts,
             timer: Timer(pool.clone()),
+            access_log: self.access_log,
             upgrades: Arc::new(UpgradeContext::new(
                 pool.clone(),
                 signal.clone(),
@@ -1038,6 +1063,7 @@ fn start_connection(
         activity: conn.activity().clone(),
         body_read_timeout: protocols.timeouts.body_read,
         upgrades: protocols.upgrades.clone(),
+        access_log: protocols.access_log,
     };
     let guard = signal.connection();
     pool.spawn(conn::serve(

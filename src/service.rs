@@ -221,6 +221,8 @@ pub(crate) struct HyperService {
     /// How long a handler's body read waits for the next chunk.
     pub(crate) body_read_timeout: Option<std::time::Duration>,
     pub(crate) upgrades: Arc<UpgradeContext>,
+    /// `Server::access_log`: one log line per request.
+    pub(crate) access_log: bool,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperService {
@@ -235,6 +237,17 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             .map(|incoming| Body::incoming(incoming, self.body_read_timeout, self.pool.clone()));
         let method = request.method().clone();
         let uri = request.uri().clone();
+        let access = self.access_log.then(|| {
+            Box::new(AccessRecord {
+                peer: self.info.peer_addr,
+                method: method.clone(),
+                uri: uri.clone(),
+                version: request.version(),
+                started: std::time::Instant::now(),
+                status: StatusCode::OK,
+                bytes: 0,
+            })
+        });
         let service = self.service.clone();
         let info = self.info.clone();
         let call = self
@@ -245,7 +258,41 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             request: Some((method, uri)),
             in_flight,
             upgrades: self.upgrades.clone(),
+            access,
         }
+    }
+}
+
+/// What the access log says of one request, filled in as it goes.
+struct AccessRecord {
+    peer: Option<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    started: std::time::Instant,
+    status: StatusCode,
+    /// Response body bytes handed to hyper.
+    bytes: u64,
+}
+
+/// The `log` target of access log lines.
+pub(crate) const ACCESS_LOG_TARGET: &str = "astra::access";
+
+impl Drop for AccessRecord {
+    /// Logged when the response has been handed over in full, or dropped
+    /// (the client went away): the duration covers the whole response.
+    fn drop(&mut self) {
+        let peer = crate::conn::describe_peer(self.peer);
+        log::info!(
+            target: ACCESS_LOG_TARGET,
+            "{peer} \"{} {} {:?}\" {} {} {:.3}ms",
+            self.method,
+            self.uri,
+            self.version,
+            self.status.as_u16(),
+            self.bytes,
+            self.started.elapsed().as_secs_f64() * 1000.0,
+        );
     }
 }
 
@@ -285,6 +332,8 @@ pub(crate) struct PendingResponse {
     in_flight: Option<InFlight>,
     /// Starts the upgrade a response asks for.
     upgrades: Arc<UpgradeContext>,
+    /// With `Server::access_log`: moves into the response body.
+    access: Option<Box<AccessRecord>>,
 }
 
 impl Future for PendingResponse {
@@ -301,9 +350,14 @@ impl Future for PendingResponse {
         };
         this.upgrades.prepare(&mut response);
         let in_flight = this.in_flight.take();
+        let mut access = this.access.take();
+        if let Some(access) = &mut access {
+            access.status = response.status();
+        }
         Poll::Ready(Ok(response.map(|body| ResponseBody {
             body,
             _in_flight: in_flight,
+            access,
         })))
     }
 }
@@ -312,7 +366,10 @@ impl Future for PendingResponse {
 /// taken all of it (or dropped it), so no idle timeout runs meanwhile.
 pub(crate) struct ResponseBody {
     body: Body,
+    // Declared before `access`: the request stops counting as in flight
+    // before its log line is written.
     _in_flight: Option<InFlight>,
+    access: Option<Box<AccessRecord>>,
 }
 
 impl http_body::Body for ResponseBody {
@@ -323,7 +380,14 @@ impl http_body::Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(access), Poll::Ready(Some(Ok(frame)))) = (&mut this.access, &frame) {
+            if let Some(data) = frame.data_ref() {
+                access.bytes += data.len() as u64;
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -48,6 +48,30 @@ impl ServerHandle {
         self.signal.request();
     }
 
+    /// What the server is doing: open connections by protocol, requests in
+    /// flight, handlers running, workers, queued work, and connections
+    /// closed by reason since `serve` started. Cheap enough to call often
+    /// (a few atomic loads and one short lock); the counters behind it are
+    /// always kept.
+    ///
+    /// ```
+    /// use astra::{CloseReason, Server};
+    ///
+    /// let server = Server::bind("127.0.0.1:0");
+    /// let stats = server.handle().stats();
+    /// assert_eq!(stats.http1_connections, 0);
+    /// assert_eq!(stats.closed_for(CloseReason::HeaderReadTimeout), 0);
+    /// ```
+    pub fn stats(&self) -> crate::Stats {
+        let mut stats = self.signal.metrics.snapshot();
+        if let Some((workers, handlers, queued)) = self.signal.pool.get().and_then(|p| p.gauges()) {
+            stats.workers = workers;
+            stats.handlers_running = handlers;
+            stats.queued = queued;
+        }
+        stats
+    }
+
     /// Replaces the TLS certificates (or configuration) of a server made with
     /// [`Server::tls`](crate::Server::tls): connections accepted from now on
     /// use `tls`, connections already open keep theirs. Nothing is dropped, so
@@ -113,6 +137,10 @@ pub(crate) struct Signal {
     /// Every open connection socket, to close under a handler that outlives
     /// the drain (its connection task cannot be polled until it returns).
     sockets: Mutex<HashMap<u64, RawFd>>,
+    /// What `ServerHandle::stats` reports.
+    pub(crate) metrics: Arc<crate::stats::Metrics>,
+    /// The pool's counts, once `serve` has started.
+    pub(crate) pool: OnceLock<crate::runtime::pool::PoolRef>,
 }
 
 impl Signal {

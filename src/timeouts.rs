@@ -31,6 +31,16 @@ pub(crate) enum Phase {
     Send,
 }
 
+impl Phase {
+    pub(crate) fn reason(self) -> crate::stats::CloseReason {
+        match self {
+            Phase::HeaderRead => crate::stats::CloseReason::HeaderReadTimeout,
+            Phase::KeepAlive => crate::stats::CloseReason::KeepAliveTimeout,
+            Phase::Send => crate::stats::CloseReason::SendTimeout,
+        }
+    }
+}
+
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -56,10 +66,14 @@ pub(crate) struct Activity {
     head_started: AtomicU64,
     /// Since when writes have been blocked.
     write_blocked: AtomicU64,
+    /// The server's counters (requests in flight).
+    metrics: Arc<crate::stats::Metrics>,
+    /// The client closed or reset the connection with a request unfinished.
+    client_gone: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
-    pub(crate) fn new() -> Arc<Activity> {
+    pub(crate) fn new(metrics: Arc<crate::stats::Metrics>) -> Arc<Activity> {
         Arc::new(Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -67,6 +81,8 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
+            metrics,
+            client_gone: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -87,6 +103,26 @@ impl Activity {
         }
     }
 
+    /// The client closed its side: it went away if a request was unfinished
+    /// (in flight, or its head only begun).
+    pub(crate) fn on_eof(&self) {
+        if self.in_flight.load(Ordering::Relaxed) > 0
+            || self.head_started.load(Ordering::Relaxed) != 0
+        {
+            self.client_gone.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A write failed: the client reset or closed the connection.
+    pub(crate) fn on_write_failed(&self) {
+        self.client_gone.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the client went away with a request unfinished.
+    pub(crate) fn client_gone(&self) -> bool {
+        self.client_gone.load(Ordering::Relaxed)
+    }
+
     /// A write could not proceed: the client's receive window is full.
     pub(crate) fn on_write_blocked(&self) {
         if self.write_blocked.load(Ordering::Relaxed) == 0 {
@@ -104,6 +140,7 @@ impl Activity {
     /// A request head was parsed; returns the guard that marks its end.
     pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
         InFlight(self.clone())
@@ -160,6 +197,7 @@ pub(crate) struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
+        activity.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             activity
                 .idle_since
@@ -182,14 +220,14 @@ mod tests {
 
     #[test]
     fn a_new_connection_has_the_header_read_deadline() {
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
         assert_eq!(phase, Phase::HeaderRead);
     }
 
     #[test]
     fn no_deadline_while_a_request_is_in_flight() {
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         let guard = activity.request_started();
         assert!(activity.deadline(&TIMEOUTS, false).is_none());
         drop(guard);
@@ -202,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_blocked_write_brings_the_send_deadline() {
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         let _guard = activity.request_started();
         activity.on_write_blocked();
         let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
@@ -213,7 +251,7 @@ mod tests {
 
     #[test]
     fn http2_connections_use_the_keep_alive_timeout_when_idle() {
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         let (_, phase) = activity.deadline(&TIMEOUTS, true).unwrap();
         assert_eq!(phase, Phase::KeepAlive);
     }

@@ -159,6 +159,8 @@ pub(crate) struct UpgradeParts {
     /// and wakes it when shutdown starts.
     pub(crate) guard: ConnectionGuard,
     pub(crate) context: Arc<UpgradeContext>,
+    /// Counts the connection as upgraded in the server's stats.
+    _open: crate::stats::OpenGuard,
 }
 
 struct Pending {
@@ -229,6 +231,7 @@ impl UpgradeContext {
             pool: self.pool.clone(),
             guard: self.signal.connection(),
             context: self.clone(),
+            _open: self.signal.metrics.open(crate::stats::Open::Upgraded),
         };
         self.pool.spawn(async move {
             let io = match on_upgrade.await {

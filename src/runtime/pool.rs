@@ -56,6 +56,28 @@ pub(crate) struct PoolConfig {
 #[derive(Clone)]
 pub(crate) struct Pool(Arc<Shared>);
 
+/// A weak handle to the pool, for `ServerHandle::stats`.
+#[cfg(not(astra_loom))]
+pub(crate) struct PoolRef(std::sync::Weak<Shared>);
+
+#[cfg(not(astra_loom))]
+impl PoolRef {
+    /// Live workers, threads inside user code, and queued work; `None` once
+    /// the pool is gone.
+    pub(crate) fn gauges(&self) -> Option<(usize, usize, usize)> {
+        let shared = self.0.upgrade()?;
+        let queued = {
+            let state = shared.lock();
+            state.tasks.len() + state.jobs.len()
+        };
+        Some((
+            shared.workers.load(Ordering::Relaxed),
+            shared.in_user.load(Ordering::Relaxed),
+            queued,
+        ))
+    }
+}
+
 struct Shared {
     reactor: Reactor,
     config: PoolConfig,
@@ -168,6 +190,12 @@ impl Pool {
 
     pub(crate) fn reactor(&self) -> &Reactor {
         &self.0.reactor
+    }
+
+    /// A handle that does not keep the pool alive, for its counts.
+    #[cfg(not(astra_loom))]
+    pub(crate) fn downgrade(&self) -> PoolRef {
+        PoolRef(std::sync::Arc::downgrade(&self.0))
     }
 
     /// Spawns a future as a task.

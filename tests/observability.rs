@@ -1,0 +1,272 @@
+//! `ServerHandle::stats` and the access log: open connections by protocol,
+//! requests in flight, handlers running, close reasons, and one log line per
+//! request. Waits poll the counters with a deadline, never sleep.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use astra::{Body, CloseReason, ConnectionInfo, Request, Response, Server, ServerHandle, Stats};
+use common::*;
+
+/// Waits until `ok` holds for the server's stats; panics with the last
+/// snapshot after 10 s.
+fn wait_for(handle: &ServerHandle, what: &str, ok: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = handle.stats();
+        if ok(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never true; last {stats:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A server whose `/hold` handler waits for the test to let it go.
+fn holding(server: Server) -> (SocketAddr, ServerHandle, mpsc::Sender<()>) {
+    let handle = server.handle();
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let addr = start(
+        server,
+        move |mut request: Request, _info: ConnectionInfo| {
+            if request.method() == "POST" {
+                let mut body = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut request.body_mut().reader(), &mut body);
+            }
+            if request.uri().path() == "/hold" {
+                let _ = released
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            }
+            Response::new(Body::new("done"))
+        },
+    );
+    (addr, handle, release)
+}
+
+#[test]
+fn stats_count_connections_requests_and_handlers() {
+    let (addr, handle, release) = holding(server());
+    let before = handle.stats();
+    assert_eq!(before.http1_connections, 0);
+    assert_eq!(before.requests_in_flight, 0);
+
+    let mut idle = RawConn::open(addr);
+    idle.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(idle.read_response().unwrap().status, 200);
+    let mut held = RawConn::open(addr);
+    held.send(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n");
+    let stats = wait_for(&handle, "a held request", |s| {
+        s.requests_in_flight == 1 && s.handlers_running == 1
+    });
+    assert_eq!(stats.http1_connections, 2);
+    assert!(stats.workers >= 1, "{stats:?}");
+
+    release.send(()).unwrap();
+    assert_eq!(held.read_response().unwrap().status, 200);
+    wait_for(&handle, "nothing in flight", |s| {
+        s.requests_in_flight == 0 && s.handlers_running == 0
+    });
+    drop(idle);
+    drop(held);
+    let stats = wait_for(&handle, "both closed", |s| s.http1_connections == 0);
+    assert_eq!(stats.closed_for(CloseReason::Done), 2, "{stats:?}");
+}
+
+#[test]
+fn close_reasons_are_counted() {
+    let server = server()
+        .http1_header_read_timeout(Duration::from_millis(200))
+        .http1_keep_alive_timeout(Duration::from_millis(200));
+    let (addr, handle, _release) = holding(server);
+
+    // Nothing sent: the header read timeout.
+    let _silent = connect(addr);
+    // One request, then idle: the keep-alive timeout.
+    let mut idle = RawConn::open(addr);
+    idle.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(idle.read_response().unwrap().status, 200);
+    // A malformed request: a protocol error.
+    let mut bad = connect(addr);
+    bad.write_all(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n")
+        .unwrap();
+    // Half a request body, then gone.
+    let mut gone = RawConn::open(addr);
+    gone.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc");
+
+    wait_for(&handle, "the timeouts", |s| {
+        s.closed_for(CloseReason::HeaderReadTimeout) >= 1
+            && s.closed_for(CloseReason::KeepAliveTimeout) >= 1
+            && s.closed_for(CloseReason::Error) >= 1
+    });
+    drop(gone);
+    let stats = wait_for(&handle, "the client gone", |s| {
+        s.closed_for(CloseReason::ClientGone) >= 1
+    });
+    assert_eq!(stats.closed_for(CloseReason::SendTimeout), 0);
+}
+
+#[test]
+fn shutdown_closes_are_counted_and_stats_outlive_serve() {
+    let server = server();
+    let handle = server.handle();
+    let addr = server.local_addr().unwrap();
+    let serving = std::thread::spawn(move || {
+        server.serve(|_request: Request, _info: ConnectionInfo| Response::new(Body::empty()))
+    });
+    let mut idle = RawConn::open(addr);
+    idle.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(idle.read_response().unwrap().status, 200);
+    wait_for(&handle, "one open", |s| s.http1_connections == 1);
+    handle.shutdown();
+    join_within(serving, Duration::from_secs(10), "serve").unwrap();
+    let stats = handle.stats();
+    assert_eq!(stats.closed_for(CloseReason::Shutdown), 1, "{stats:?}");
+    assert_eq!(stats.http1_connections, 0);
+}
+
+#[cfg(feature = "http2")]
+#[test]
+fn http2_and_upgraded_connections_have_their_own_counts() {
+    let server = server();
+    let handle = server.handle();
+    let addr = start(server, |mut request: Request, _info: ConnectionInfo| {
+        match astra::Upgrade::from_request(&mut request) {
+            Some(upgrade) => {
+                let switching = astra::ResponseBuilder::new()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "x")
+                    .body(Body::empty())
+                    .unwrap();
+                upgrade.respond(switching, |mut stream| {
+                    let mut buf = [0; 1];
+                    let _ = std::io::Read::read(&mut stream, &mut buf);
+                })
+            }
+            None => Response::new(Body::empty()),
+        }
+    });
+    let mut h2 = connect(addr);
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    wait_for(&handle, "an HTTP/2 connection", |s| {
+        s.http2_connections == 1
+    });
+    let mut upgraded = RawConn::open(addr);
+    upgraded.send(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n");
+    assert_eq!(upgraded.read_head().unwrap().1, 101);
+    let stats = wait_for(&handle, "an upgraded connection", |s| {
+        s.upgraded_connections == 1 && s.http1_connections == 0
+    });
+    assert_eq!(stats.http2_connections, 1);
+    upgraded.send(b"!");
+    drop(upgraded);
+    drop(h2);
+    wait_for(&handle, "both gone", |s| {
+        s.upgraded_connections == 0 && s.http2_connections == 0
+    });
+}
+
+/// Collects the access log lines of this test binary.
+struct Capture;
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.target() == "astra::access"
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            LINES.lock().unwrap().push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+#[test]
+fn the_access_log_has_a_line_per_request() {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Info);
+    let addr = start(
+        server().access_log(true),
+        |request: Request, _info: ConnectionInfo| {
+            if request.uri().path() == "/missing" {
+                return astra::ResponseBuilder::new()
+                    .status(404)
+                    .body(Body::new("nope"))
+                    .unwrap();
+            }
+            Response::new(Body::new("twelve bytes"))
+        },
+    );
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET /a?b=c HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(conn.read_response().unwrap().status, 200);
+    conn.send(b"GET /missing HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(conn.read_response().unwrap().status, 404);
+    let port = conn.stream().local_addr().unwrap().port();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mine = loop {
+        let lines: Vec<String> = LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(&format!("127.0.0.1:{port} ")))
+            .cloned()
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(
+        mine[0].contains("\"GET /a?b=c HTTP/1.1\" 200 12 "),
+        "{}",
+        mine[0]
+    );
+    assert!(mine[0].ends_with("ms"), "{}", mine[0]);
+    assert!(
+        mine[1].contains("\"GET /missing HTTP/1.1\" 404 4 "),
+        "{}",
+        mine[1]
+    );
+}
+
+#[test]
+fn no_access_log_unless_asked() {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Info);
+    let addr = start(server(), |_request: Request, _info: ConnectionInfo| {
+        Response::new(Body::new("quiet"))
+    });
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET /quiet HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let port = conn.stream().local_addr().unwrap().port();
+    // The server closes once the response is done: a line would be out.
+    let all = read_until_closed(conn.reader.get_mut()).unwrap();
+    assert!(String::from_utf8_lossy(&all).contains("quiet") || !conn.reader.buffer().is_empty());
+    let lines = LINES.lock().unwrap();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with(&format!("127.0.0.1:{port} "))),
+        "{lines:?}"
+    );
+}
