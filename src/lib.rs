@@ -27,6 +27,8 @@ mod shutdown;
 #[cfg(not(astra_loom))]
 mod stats;
 #[cfg(not(astra_loom))]
+pub mod test;
+#[cfg(not(astra_loom))]
 mod timeouts;
 #[cfg(all(feature = "tls", not(astra_loom)))]
 mod tls;

@@ -43,6 +43,23 @@ impl ConnectionInfo {
         self.peer_addr
     }
 
+    /// Information for a connection from `peer_addr`, for calling a service
+    /// in tests (see [`crate::test`]); everything else is as on a plain TCP
+    /// connection.
+    ///
+    /// ```
+    /// use astra::ConnectionInfo;
+    ///
+    /// let info = ConnectionInfo::new(Some("127.0.0.1:9000".parse().unwrap()));
+    /// assert_eq!(info.peer_addr().unwrap().port(), 9000);
+    /// ```
+    pub fn new(peer_addr: Option<SocketAddr>) -> ConnectionInfo {
+        ConnectionInfo {
+            peer_addr,
+            ..ConnectionInfo::default()
+        }
+    }
+
     /// Whether the connection came over a Unix domain socket (a server bound
     /// with [`Server::bind_unix`](crate::Server::bind_unix), say) rather than
     /// TCP.
@@ -310,7 +327,11 @@ fn may_run_inline(request: &http::Request<hyper::body::Incoming>) -> bool {
 
 /// The response a panicking handler gets: a 500, and a log line naming the
 /// request.
-fn panic_response(panic: &(dyn std::any::Any + Send), method: &Method, uri: &Uri) -> Response {
+pub(crate) fn panic_response(
+    panic: &(dyn std::any::Any + Send),
+    method: &Method,
+    uri: &Uri,
+) -> Response {
     let message = panic
         .downcast_ref::<&str>()
         .copied()
