@@ -87,3 +87,21 @@ pub fn ws_config() -> Option<tungstenite::protocol::WebSocketConfig> {
     let bytes: usize = std::env::var("BENCH_WS_READ_BUFFER").ok()?.parse().ok()?;
     Some(tungstenite::protocol::WebSocketConfig::default().read_buffer_size(bytes))
 }
+
+/// Raises this process's open-file soft limit to its hard limit, for the load
+/// helpers that hold thousands of connections; says so on stderr if it cannot.
+pub fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!("setrlimit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}

@@ -25,22 +25,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!("setrlimit: {}", io::Error::last_os_error());
-            }
-        }
-    }
-}
-
 /// Sends one `GET /` on `stream` and reads the whole answer before `deadline`.
 fn exchange(stream: &mut TcpStream, deadline: Instant) -> io::Result<()> {
     stream.write_all(REQUEST)?;
@@ -121,7 +105,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    raise_nofile();
+    astra_bench::raise_nofile();
 
     let started = Instant::now();
     let mut idle = Vec::with_capacity(count);

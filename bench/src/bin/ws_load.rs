@@ -59,22 +59,6 @@ fn fail(why: &str) -> ! {
     std::process::exit(1);
 }
 
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!("setrlimit: {}", io::Error::last_os_error());
-            }
-        }
-    }
-}
-
 /// This process's user + system CPU time.
 fn cpu_time() -> Duration {
     // SAFETY: getrusage with a valid pointer to a zeroed local struct.
@@ -257,7 +241,7 @@ fn run_echo(addr: SocketAddr, conns: usize, secs: u64, size: usize) {
 }
 
 fn run_idle(addr: SocketAddr, conns: usize, hold: Duration) {
-    raise_nofile();
+    astra_bench::raise_nofile();
     let started = Instant::now();
     let openers = IDLE_OPENERS.min(conns.max(1));
     let mut handles = Vec::new();
