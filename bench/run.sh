@@ -477,29 +477,40 @@ s1() { wrk_scenario S1 "$1" rps p99 err -t1 -c64 "$(url "$1" /)"; }
 
 s2() { wrk_scenario S2 "$1" rps p99 err -t1 -c256 "$(url "$1" /sleep)"; }
 
-s3() { idle_http S3 "$1" "$1" "$S3_CONNS"; }
-
-# idle_http SC SERVER KEY COUNT: S3's method, `idle_conns` with COUNT idle
-# keep-alive connections, recorded as KEY's row of SC (S3, and S15's
-# comparison row for plain ours).
-idle_http() {
-    local sc=$1 server=$2 key=$3 count=$4 out base hp i rss threads opened latency stalled per
-    out="$LOGDIR/$sc.$key.$(date +%s%N).out"
-    base=$(proc_field "$SERVER_PID" VmRSS)
-    timeout -k 5 150 "${LOAD[@]}" "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$count" 60 >"$out" 2>&1 &
-    hp=$!
-    for i in $(seq 1200); do
+# sample_while_holding OUT PID TRIES: waits (TRIES x 0.1 s at most) until the
+# helper PID, writing OUT, says "holding" or exits; then samples the server's
+# VmRSS and Threads into HELD_RSS and HELD_THREADS (empty if it never held)
+# and stops the helper. S3 and S15 measure idle connections this way.
+sample_while_holding() {
+    local out=$1 hp=$2 tries=$3 i
+    HELD_RSS='' HELD_THREADS=''
+    for i in $(seq "$tries"); do
         grep -q '^holding' "$out" && break
         kill -0 "$hp" 2>/dev/null || break
         sleep 0.1
     done
     if grep -q '^holding' "$out"; then
         sleep 0.5
-        rss=$(proc_field "$SERVER_PID" VmRSS)
-        threads=$(proc_field "$SERVER_PID" Threads)
+        HELD_RSS=$(proc_field "$SERVER_PID" VmRSS)
+        HELD_THREADS=$(proc_field "$SERVER_PID" Threads)
     fi
     kill "$hp" 2>/dev/null
     wait "$hp" 2>/dev/null
+}
+
+s3() { idle_http S3 "$1" "$1" "$S3_CONNS"; }
+
+# idle_http SC SERVER KEY COUNT: S3's method, `idle_conns` with COUNT idle
+# keep-alive connections, recorded as KEY's row of SC (S3, and S15's
+# comparison row for plain ours).
+idle_http() {
+    local sc=$1 server=$2 key=$3 count=$4 out base hp rss threads opened latency stalled per
+    out="$LOGDIR/$sc.$key.$(date +%s%N).out"
+    base=$(proc_field "$SERVER_PID" VmRSS)
+    timeout -k 5 150 "${LOAD[@]}" "$BIN/idle_conns" "127.0.0.1:${PORT[$server]}" "$count" 60 >"$out" 2>&1 &
+    hp=$!
+    sample_while_holding "$out" "$hp" 1200
+    rss=$HELD_RSS threads=$HELD_THREADS
     opened=$(awk '$1 == "opened" { print $2 }' "$out")
     stalled=$(sed -n 's/^stalled: //p' "$out")
     latency=$(sed -n 's/^latency_ms //p; s/^latency \(failed: .*\)/\1/p' "$out")
@@ -900,7 +911,7 @@ s14() {
 # failed cell, with why (the helper's, or the server's own message, such as
 # tungstenite_blocking's "thread creation failed").
 s15() {
-    local server=$1 out hp i base rss threads opened latency stalled per why errfile errsize
+    local server=$1 out hp base rss threads opened latency stalled per why errfile errsize
     out="$LOGDIR/S15.$server.$(date +%s%N).ws_load"
     errfile="$LOGDIR/$server.err"
     errsize=$(stat -c %s "$errfile" 2>/dev/null || echo 0)
@@ -908,18 +919,8 @@ s15() {
     # Opening may take up to ws_load's 120 s deadline, the new socket 10 s.
     timeout -k 5 200 "${LOAD[@]}" "$BIN/ws_load" idle "127.0.0.1:${PORT[$server]}" "$S15_CONNS" 60 >"$out" 2>&1 &
     hp=$!
-    for i in $(seq 1800); do
-        grep -q '^holding' "$out" && break
-        kill -0 "$hp" 2>/dev/null || break
-        sleep 0.1
-    done
-    if grep -q '^holding' "$out"; then
-        sleep 0.5
-        rss=$(proc_field "$SERVER_PID" VmRSS)
-        threads=$(proc_field "$SERVER_PID" Threads)
-    fi
-    kill "$hp" 2>/dev/null
-    wait "$hp" 2>/dev/null
+    sample_while_holding "$out" "$hp" 1800
+    rss=$HELD_RSS threads=$HELD_THREADS
     opened=$(awk '$1 == "open" { print $2 }' "$out")
     stalled=$(sed -n 's/^stalled: //p' "$out")
     latency=$(sed -n 's/^latency_ms //p; s/^latency \(failed: .*\)/\1/p' "$out")
