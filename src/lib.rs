@@ -26,6 +26,8 @@ mod service;
 mod shutdown;
 #[cfg(not(astra_loom))]
 mod stats;
+#[cfg(all(any(feature = "tls", feature = "websocket"), not(astra_loom)))]
+mod sync_io;
 #[cfg(not(astra_loom))]
 pub mod test;
 #[cfg(not(astra_loom))]

@@ -111,7 +111,7 @@ pub(crate) struct Metrics {
     http2: AtomicUsize,
     upgraded: AtomicUsize,
     pub(crate) in_flight: AtomicUsize,
-    closed: [AtomicU64; 9],
+    closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
 /// Which count an open connection is in.

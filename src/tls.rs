@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use hyper::rt::ReadBufCursor;
+
+use crate::sync_io::SyncIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ResolvesServerCertUsingSni};
@@ -400,45 +402,6 @@ impl TlsInfo {
     /// against that configuration's roots before the handler runs.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.peer_certificates.as_deref()
-    }
-}
-
-/// An `io::Read`/`io::Write` view of a hyper connection for one poll:
-/// `Pending` becomes `WouldBlock`, as rustls expects of a non-blocking socket.
-struct SyncIo<'a, 'b, T> {
-    io: &'a mut T,
-    cx: &'a mut Context<'b>,
-}
-
-impl<T: hyper::rt::Read + Unpin> Read for SyncIo<'_, '_, T> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut read = hyper::rt::ReadBuf::new(buf);
-        match Pin::new(&mut *self.io).poll_read(self.cx, read.unfilled()) {
-            Poll::Ready(Ok(())) => Ok(read.filled().len()),
-            Poll::Ready(Err(err)) => Err(err),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> Write for SyncIo<'_, '_, T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        pending_to_would_block(Pin::new(&mut *self.io).poll_write(self.cx, buf))
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        pending_to_would_block(Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        pending_to_would_block(Pin::new(&mut *self.io).poll_flush(self.cx))
-    }
-}
-
-fn pending_to_would_block<T>(poll: Poll<io::Result<T>>) -> io::Result<T> {
-    match poll {
-        Poll::Ready(result) => result,
-        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
     }
 }
 

@@ -128,13 +128,19 @@ impl Upgrade {
 fn asks_for_upgrade(request: &Request) -> bool {
     request.version() == Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
-        && request
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|option| option.trim().eq_ignore_ascii_case("upgrade"))
+        && header_has_token(request, header::CONNECTION, "upgrade")
+}
+
+/// Whether a comma-separated header (`Connection`, `Upgrade`) lists `token`,
+/// ignoring ASCII case.
+pub(crate) fn header_has_token(request: &Request, name: header::HeaderName, token: &str) -> bool {
+    request
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|option| option.trim().eq_ignore_ascii_case(token))
 }
 
 /// What runs on the upgraded connection.
@@ -154,7 +160,6 @@ pub(crate) type Io = hyper::upgrade::Upgraded;
 
 /// What an upgraded connection keeps of its server.
 pub(crate) struct UpgradeParts {
-    pub(crate) pool: Pool,
     /// Keeps the connection counted as live (graceful shutdown waits for it)
     /// and wakes it when shutdown starts.
     pub(crate) guard: ConnectionGuard,
@@ -228,7 +233,6 @@ impl UpgradeContext {
             Continuation::Task(_) => None,
         };
         let parts = UpgradeParts {
-            pool: self.pool.clone(),
             guard: self.signal.connection(),
             context: self.clone(),
             _open: self.signal.metrics.open(crate::stats::Open::Upgraded),
@@ -361,10 +365,10 @@ impl Upgraded {
         mut op: impl FnMut(Pin<&mut Io>, &mut Context<'_>, &mut ConnectionGuard) -> Poll<io::Result<T>>,
     ) -> io::Result<T> {
         let Upgraded { io, parts, .. } = self;
-        let pool = parts.pool.clone();
+        let pool = &parts.context.pool;
         let guard = &mut parts.guard;
         let future = std::future::poll_fn(|cx| op(Pin::new(&mut *io), cx, guard));
-        match block_on_timeout(future, timeout, Some(&pool)) {
+        match block_on_timeout(future, timeout, Some(pool)) {
             Some(result) => result,
             None => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -56,7 +56,8 @@ use tungstenite::{Error as WsError, WebSocket};
 use crate::body::{Body, Request, Response};
 use crate::runtime::pool::UserCall;
 use crate::runtime::timer::{Sleep, Timer};
-use crate::upgrade::{Continuation, Io, Upgrade, UpgradeParts, Upgraded};
+use crate::sync_io::SyncIo;
+use crate::upgrade::{header_has_token, Continuation, Io, Upgrade, UpgradeParts, Upgraded};
 
 pub use tungstenite;
 pub use tungstenite::protocol::frame::coding::CloseCode;
@@ -113,16 +114,6 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     let mut response = Response::new(Body::new(format!("{why}\n")));
     *response.status_mut() = status;
     response
-}
-
-fn header_has_token(request: &Request, name: header::HeaderName, token: &str) -> bool {
-    request
-        .headers()
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|option| option.trim().eq_ignore_ascii_case(token))
 }
 
 /// A `Sec-WebSocket-Key` is 16 random bytes in base64: 24 characters.
@@ -679,30 +670,31 @@ struct Bridge {
 impl Read for Bridge {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut cx = Context::from_waker(&self.waker);
-        let mut read = hyper::rt::ReadBuf::new(buf);
-        match Pin::new(&mut self.io).poll_read(&mut cx, read.unfilled()) {
-            Poll::Ready(Ok(())) => Ok(read.filled().len()),
-            Poll::Ready(Err(err)) => Err(err),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        SyncIo {
+            io: &mut self.io,
+            cx: &mut cx,
         }
+        .read(buf)
     }
 }
 
 impl Write for Bridge {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut cx = Context::from_waker(&self.waker);
-        match Pin::new(&mut self.io).poll_write(&mut cx, buf) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        SyncIo {
+            io: &mut self.io,
+            cx: &mut cx,
         }
+        .write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         let mut cx = Context::from_waker(&self.waker);
-        match Pin::new(&mut self.io).poll_flush(&mut cx) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        SyncIo {
+            io: &mut self.io,
+            cx: &mut cx,
         }
+        .flush()
     }
 }
 
@@ -851,6 +843,7 @@ impl Socket {
         let sender = self.sender.clone();
         self.running = Some(
             self.parts
+                .context
                 .pool
                 .call_user(false, move || f(&*handler, &sender)),
         );
@@ -1136,10 +1129,10 @@ impl Future for Socket {
                 this.on_time(now);
                 continue;
             }
-            let timer = Timer(this.parts.pool.clone());
+            let pool = &this.parts.context.pool;
             let sleep = this
                 .sleep
-                .get_or_insert_with(|| timer.sleep_until(deadline));
+                .get_or_insert_with(|| Timer(pool.clone()).sleep_until(deadline));
             if sleep.deadline() != deadline {
                 sleep.reset(deadline);
             }
