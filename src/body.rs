@@ -285,19 +285,15 @@ impl Iterator for Body {
 fn body_error(err: hyper::Error) -> io::Error {
     // hyper wraps the decoder's own io::Error (a bad chunk size, a
     // connection closed mid-body): its kind is the most precise.
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            let kind = match io.kind() {
-                // The chunked decoder's word for a malformed body.
-                io::ErrorKind::InvalidInput => io::ErrorKind::InvalidData,
-                kind => kind,
-            };
-            if kind != io::ErrorKind::Other {
-                return io::Error::new(kind, err);
-            }
-        }
-        source = cause.source();
+    let precise = io_error_kinds(&err)
+        .map(|kind| match kind {
+            // The chunked decoder's word for a malformed body.
+            io::ErrorKind::InvalidInput => io::ErrorKind::InvalidData,
+            kind => kind,
+        })
+        .find(|kind| *kind != io::ErrorKind::Other);
+    if let Some(kind) = precise {
+        return io::Error::new(kind, err);
     }
     let kind = if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
         io::ErrorKind::UnexpectedEof
@@ -310,6 +306,12 @@ fn body_error(err: hyper::Error) -> io::Error {
         io::ErrorKind::ConnectionReset
     };
     io::Error::new(kind, err)
+}
+
+/// The kinds of the `io::Error`s in `err`'s source chain, outermost first.
+pub(crate) fn io_error_kinds(err: &hyper::Error) -> impl Iterator<Item = io::ErrorKind> + '_ {
+    std::iter::successors(std::error::Error::source(err), |cause| cause.source())
+        .filter_map(|cause| cause.downcast_ref::<io::Error>().map(io::Error::kind))
 }
 
 type BoxReader = Box<dyn Read + Send>;

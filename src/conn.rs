@@ -47,7 +47,7 @@ pub(crate) async fn serve(
     guard: ConnectionGuard,
     #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    let peer = describe_peer(service.info.peer_addr);
+    let peer = Peer(service.info.peer_addr);
     let activity = conn.activity().clone();
     let guard_metrics = guard.signal().metrics.clone();
     let mut watch = Watch {
@@ -99,7 +99,7 @@ pub(crate) async fn serve(
             }
         },
     };
-    watch.end(&peer, result);
+    watch.end(peer, result);
 }
 
 /// Whether a connection's error means the client went away (mid-request, a
@@ -108,25 +108,28 @@ fn client_went_away(err: &hyper::Error) -> bool {
     if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
         return true;
     }
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionAborted
-            );
-        }
-        source = cause.source();
-    }
-    false
+    matches!(
+        crate::body::io_error_kinds(err).next(),
+        Some(
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    )
 }
 
-/// Names a client in log lines.
-pub(crate) fn describe_peer(peer: Option<std::net::SocketAddr>) -> String {
-    peer.map_or_else(|| "a Unix socket client".into(), |peer| peer.to_string())
+/// Names a client in log lines; formatted only when a line is written.
+#[derive(Clone, Copy)]
+pub(crate) struct Peer(pub(crate) Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("a Unix socket client"),
+        }
+    }
 }
 
 /// The TLS handshake (under the header-read timeout, like a request head),
@@ -139,7 +142,7 @@ async fn serve_tls(
     mut service: HyperService,
     config: Arc<rustls::ServerConfig>,
 ) {
-    let peer = describe_peer(service.info.peer_addr);
+    let peer = Peer(service.info.peer_addr);
     let accept = crate::tls::TlsStream::accept(conn, config);
     let stream = match watch.run(Prelude(Box::pin(accept))).await {
         Ended::Done(Ok(stream)) => stream,
@@ -172,7 +175,7 @@ async fn serve_tls(
             return;
         }
     };
-    watch.end(&peer, result);
+    watch.end(peer, result);
 }
 
 #[cfg(feature = "http2")]
@@ -278,7 +281,7 @@ struct Watch {
 
 impl Watch {
     /// Counts how the connection ended and logs it.
-    fn end(&self, peer: &str, result: Ended<Result<(), hyper::Error>>) {
+    fn end(&self, peer: Peer, result: Ended<Result<(), hyper::Error>>) {
         let reason = match &result {
             // An idle connection that hyper closed for the graceful shutdown.
             Ended::Done(Ok(())) if self.shutdown_sent => CloseReason::Shutdown,

@@ -1024,10 +1024,7 @@ fn start_connection(
     let info = match &stream {
         Stream::Tcp(tcp) => {
             if let Err(err) = tcp.set_nodelay(true) {
-                log::debug!(
-                    "could not set TCP_NODELAY for {}: {err}",
-                    conn::describe_peer(peer)
-                );
+                log::debug!("could not set TCP_NODELAY for {}: {err}", conn::Peer(peer));
             }
             ConnectionInfo {
                 peer_addr: peer,
@@ -1051,7 +1048,7 @@ fn start_connection(
         Err(err) => {
             log::error!(
                 "could not register the connection from {}: {err}",
-                conn::describe_peer(peer)
+                conn::Peer(peer)
             );
             return;
         }

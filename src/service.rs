@@ -299,7 +299,7 @@ impl Drop for AccessRecord {
     /// Logged when the response has been handed over in full, or dropped
     /// (the client went away): the duration covers the whole response.
     fn drop(&mut self) {
-        let peer = crate::conn::describe_peer(self.peer);
+        let peer = crate::conn::Peer(self.peer);
         log::info!(
             target: ACCESS_LOG_TARGET,
             "{peer} \"{} {} {:?}\" {} {} {:.3}ms",
