@@ -541,6 +541,22 @@ struct Outbox {
     waker: Option<Waker>,
 }
 
+impl Outbox {
+    /// Closing or closed: senders are refused.
+    fn refuses_sends(&self) -> bool {
+        self.closed || self.close.is_some()
+    }
+}
+
+/// Wakes the socket's task for what was just queued, after unlocking.
+fn wake_socket(mut state: MutexGuard<'_, Outbox>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Outbox> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -578,7 +594,7 @@ impl Sender {
         let deadline = self.shared.send_timeout.map(|t| Instant::now() + t);
         let mut state = self.shared.lock();
         loop {
-            if state.closed || state.close.is_some() {
+            if state.refuses_sends() {
                 return Err(SendError::Closed);
             }
             if state.queue.len() < MAX_OUTGOING {
@@ -603,11 +619,7 @@ impl Sender {
             };
         }
         state.queue.push_back(message.into());
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_socket(state);
         Ok(())
     }
 
@@ -618,18 +630,14 @@ impl Sender {
     /// [`SendError::Closed`], or [`SendError::Full`] when the queue is full.
     pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let mut state = self.shared.lock();
-        if state.closed || state.close.is_some() {
+        if state.refuses_sends() {
             return Err(SendError::Closed);
         }
         if state.queue.len() >= MAX_OUTGOING {
             return Err(SendError::Full);
         }
         state.queue.push_back(message.into());
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_socket(state);
         Ok(())
     }
 
@@ -637,25 +645,21 @@ impl Sender {
     /// already queued. Later sends fail with [`SendError::Closed`].
     pub fn close(&self, code: CloseCode, reason: &str) {
         let mut state = self.shared.lock();
-        if state.closed || state.close.is_some() {
+        if state.refuses_sends() {
             return;
         }
         state.close = Some(CloseFrame {
             code,
             reason: reason.to_owned().into(),
         });
-        let waker = state.waker.take();
-        drop(state);
         self.shared.space.notify_all();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_socket(state);
     }
 
     /// Whether the socket is closing or closed.
     pub fn is_closed(&self) -> bool {
         let state = self.shared.lock();
-        state.closed || state.close.is_some()
+        state.refuses_sends()
     }
 }
 
