@@ -369,7 +369,7 @@ impl Future for PendingResponse {
                 panic_response(&*panic, &method, &uri)
             }
         };
-        this.upgrades.prepare(&mut response);
+        let _upgrading = this.upgrades.prepare(&mut response);
         let in_flight = this.in_flight.take();
         let mut access = this.access.take();
         if let Some(access) = &mut access {

@@ -376,6 +376,70 @@ impl TlsInfo {
         }
     }
 
+    /// Facts of a TLS session for a
+    /// [`TestRequest`](crate::test::TestRequest::tls): TLS 1.3 with
+    /// `TLS13_AES_128_GCM_SHA256`, no server name, no ALPN protocol and no
+    /// client certificate; the `with_` methods change each.
+    ///
+    /// ```
+    /// use astra::rustls::pki_types::CertificateDer;
+    /// use astra::test::TestRequest;
+    /// use astra::{Body, ConnectionInfo, Request, Response, TlsInfo};
+    ///
+    /// fn whoami(_request: Request, info: ConnectionInfo) -> Response {
+    ///     let client_certificate = info.tls().and_then(|tls| tls.peer_certificates()).is_some();
+    ///     Response::new(Body::new(if client_certificate { "known" } else { "anonymous" }))
+    /// }
+    ///
+    /// let tls = TlsInfo::new()
+    ///     .with_server_name("api.example.com")
+    ///     .with_peer_certificates(vec![CertificateDer::from(vec![0x30, 0x00])]);
+    /// let response = TestRequest::get("/").tls(tls).call(&whoami);
+    /// assert_eq!(response.text()?, "known");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> TlsInfo {
+        TlsInfo {
+            server_name: None,
+            alpn_protocol: None,
+            protocol_version: Some(rustls::ProtocolVersion::TLSv1_3),
+            cipher_suite: Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            peer_certificates: None,
+        }
+    }
+
+    /// Sets the server name (SNI) the client asked for.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> TlsInfo {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Sets the protocol ALPN agreed on (`b"h2"`, `b"http/1.1"`).
+    pub fn with_alpn_protocol(mut self, protocol: impl Into<Vec<u8>>) -> TlsInfo {
+        self.alpn_protocol = Some(protocol.into());
+        self
+    }
+
+    /// Sets the TLS version.
+    pub fn with_protocol_version(mut self, version: rustls::ProtocolVersion) -> TlsInfo {
+        self.protocol_version = Some(version);
+        self
+    }
+
+    /// Sets the cipher suite.
+    pub fn with_cipher_suite(mut self, suite: rustls::CipherSuite) -> TlsInfo {
+        self.cipher_suite = Some(suite);
+        self
+    }
+
+    /// Sets the certificate chain the client presented, its own first (as
+    /// after a verified mTLS handshake; nothing checks it here).
+    pub fn with_peer_certificates(mut self, chain: Vec<CertificateDer<'static>>) -> TlsInfo {
+        self.peer_certificates = Some(chain);
+        self
+    }
+
     /// The server name the client asked for (SNI), if it sent one.
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()

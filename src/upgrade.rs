@@ -55,9 +55,23 @@ use crate::shutdown::{ConnectionGuard, Signal};
 /// # let _ = handler;
 /// ```
 pub struct Upgrade {
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    source: Source,
     connect: bool,
 }
+
+/// Where the upgraded connection comes from.
+enum Source {
+    /// hyper hands it over once the response is written.
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// An in-memory connection made by [`crate::test::TestRequest`].
+    InMemory(Io),
+}
+
+/// A request extension with the in-memory connection a
+/// [`crate::test::TestRequest`] can be upgraded to (extensions must be
+/// `Clone + Sync`; `Upgrade::from_request` takes it out once).
+#[derive(Clone)]
+pub(crate) struct InMemoryUpgrade(pub(crate) Arc<Mutex<Option<Io>>>);
 
 impl fmt::Debug for Upgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,11 +93,18 @@ impl Upgrade {
         if !connect && !asks_for_upgrade(request) {
             return None;
         }
-        request.extensions().get::<hyper::upgrade::OnUpgrade>()?;
-        Some(Upgrade {
-            on_upgrade: hyper::upgrade::on(request),
-            connect,
-        })
+        let source = if request
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
+        {
+            Source::Hyper(hyper::upgrade::on(request))
+        } else {
+            let InMemoryUpgrade(io) = request.extensions().get::<InMemoryUpgrade>()?;
+            let io = io.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+            Source::InMemory(io)
+        };
+        Some(Upgrade { source, connect })
     }
 
     /// Answers with `response` and, once it is sent, runs `then` with the
@@ -116,7 +137,7 @@ impl Upgrade {
             response
                 .extensions_mut()
                 .insert(Hook(Arc::new(Mutex::new(Some(Pending {
-                    on_upgrade: self.on_upgrade,
+                    source: self.source,
                     then,
                 })))));
         }
@@ -154,9 +175,14 @@ pub(crate) enum Continuation {
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The upgraded connection's bytes, as hyper hands them over (with what the
-/// client sent after its request head).
-pub(crate) type Io = hyper::upgrade::Upgraded;
+/// The upgraded connection's bytes: hyper's hand-over (with what the client
+/// sent after its request head), or a test's in-memory connection.
+pub(crate) type Io = Box<dyn UpgradedIo>;
+
+/// What an upgraded connection is made of.
+pub(crate) trait UpgradedIo: hyper::rt::Read + hyper::rt::Write + Send + Unpin {}
+
+impl<T: hyper::rt::Read + hyper::rt::Write + Send + Unpin> UpgradedIo for T {}
 
 /// What an upgraded connection keeps of its server.
 pub(crate) struct UpgradeParts {
@@ -169,8 +195,14 @@ pub(crate) struct UpgradeParts {
 }
 
 struct Pending {
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    source: Source,
     then: Continuation,
+}
+
+/// Whether a handler attached a continuation to `response` with
+/// [`Upgrade::respond`].
+pub(crate) fn has_continuation(response: &Response) -> bool {
+    response.extensions().get::<Hook>().is_some()
 }
 
 /// A response extension carrying the continuation to the server
@@ -208,14 +240,15 @@ impl UpgradeContext {
     }
 
     /// Called with every response before hyper sends it: starts the upgrade
-    /// a handler asked for, or refuses it with a 503 at the bound.
-    pub(crate) fn prepare(self: &Arc<Self>, response: &mut Response) {
+    /// a handler asked for, or refuses it with a 503 at the bound. Whether an
+    /// upgrade was started.
+    pub(crate) fn prepare(self: &Arc<Self>, response: &mut Response) -> bool {
         let Some(Hook(pending)) = response.extensions_mut().remove::<Hook>() else {
-            return;
+            return false;
         };
         let taken = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(Pending { on_upgrade, then }) = taken else {
-            return;
+        let Some(Pending { source, then }) = taken else {
+            return false;
         };
         let slot = match &then {
             Continuation::Blocking(_) => match self.reserve_blocking() {
@@ -227,7 +260,7 @@ impl UpgradeContext {
                         self.max_blocking
                     );
                     *response = too_many_upgrades();
-                    return;
+                    return false;
                 }
             },
             Continuation::Task(_) => None,
@@ -238,12 +271,15 @@ impl UpgradeContext {
             _open: self.signal.metrics.open(crate::stats::Open::Upgraded),
         };
         self.pool.spawn(async move {
-            let io = match on_upgrade.await {
-                Ok(io) => io,
-                Err(err) => {
-                    log::debug!("the upgrade did not happen: {err}");
-                    return;
-                }
+            let io = match source {
+                Source::Hyper(on_upgrade) => match on_upgrade.await {
+                    Ok(io) => Box::new(io) as Io,
+                    Err(err) => {
+                        log::debug!("the upgrade did not happen: {err}");
+                        return;
+                    }
+                },
+                Source::InMemory(io) => io,
             };
             match then {
                 Continuation::Blocking(then) => {
@@ -262,6 +298,7 @@ impl UpgradeContext {
                 Continuation::Task(task) => task(io, parts).await,
             }
         });
+        true
     }
 
     fn reserve_blocking(self: &Arc<Self>) -> Option<BlockingSlot> {
