@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -52,7 +51,7 @@ fn expected(body: &[u8]) -> String {
     format!("len={} sum={sum}", body.len())
 }
 
-fn start_counter(server: Server) -> SocketAddr {
+fn start_counter(server: Server) -> common::Started {
     common::start(server, |request: Request, _| {
         if request.uri().path() == "/reader" {
             count_via_reader(request)
@@ -73,7 +72,8 @@ fn pattern_body(len: usize) -> Vec<u8> {
 // --- Content-Length bodies larger than socket buffers -------------------------
 
 fn large_content_length_body(server: Server) {
-    let addr = start_counter(server);
+    let server = start_counter(server);
+    let addr = server.addr();
     let body = pattern_body(16 << 20);
     let want = expected(&body);
     for path in ["/iter", "/reader"] {
@@ -105,7 +105,8 @@ fn content_length_body_16mib_reaches_handler_with_one_worker() {
 /// Several large uploads at once, more than there are workers.
 #[test]
 fn concurrent_large_uploads_with_two_workers() {
-    let addr = start_counter(common::server().max_workers(2));
+    let server = start_counter(common::server().max_workers(2));
+    let addr = server.addr();
     let body = Arc::new(pattern_body(4 << 20));
     let want = expected(&body);
     let clients: Vec<_> = (0..6)
@@ -129,7 +130,8 @@ fn concurrent_large_uploads_with_two_workers() {
 // --- Chunked bodies sent slowly in pieces ------------------------------------
 
 fn slow_chunked_body(server: Server) {
-    let addr = start_counter(server);
+    let server = start_counter(server);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST /iter HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n");
     let mut sent = Vec::new();
@@ -173,7 +175,8 @@ fn chunked_body_many_slow_pieces_reaches_handler_with_one_worker() {
 /// Large chunked upload through a real client (ureq streams a reader chunked).
 #[test]
 fn chunked_body_16mib_from_ureq_with_one_worker() {
-    let addr = start_counter(common::server().max_workers(1));
+    let server = start_counter(common::server().max_workers(1));
+    let addr = server.addr();
     let body = pattern_body(16 << 20);
     let want = expected(&body);
     let mut reader = &body[..];
@@ -188,7 +191,8 @@ fn chunked_body_16mib_from_ureq_with_one_worker() {
 // --- Expect: 100-continue ----------------------------------------------------
 
 fn expect_continue(server: Server) {
-    let addr = start_counter(server);
+    let server = start_counter(server);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let body = pattern_body(300_000);
     conn.send(
@@ -226,7 +230,7 @@ fn invalid_chunked_body(workers: usize) {
     let errors = Arc::new(AtomicUsize::new(0));
     let handled = Arc::new(AtomicUsize::new(0));
     let (e, h) = (errors.clone(), handled.clone());
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(workers),
         move |mut request: Request, _| {
             if request.uri().path() == "/ping" {
@@ -244,6 +248,7 @@ fn invalid_chunked_body(workers: usize) {
             }
         },
     );
+    let addr = server.addr();
     let bodies: [&[u8]; 3] = [
         b"5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",    // not a hex size
         b"3\r\nabcdef\r\n0\r\n\r\n",                // chunk longer than its size
@@ -306,7 +311,7 @@ fn invalid_chunked_body_errors_in_handler_and_frees_worker_with_one_worker() {
 fn client_gone_mid_body_errors_in_handler_with_one_worker() {
     let errors = Arc::new(AtomicUsize::new(0));
     let e = errors.clone();
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(1),
         move |mut request: Request, _| {
             if request.uri().path() == "/ping" {
@@ -319,6 +324,7 @@ fn client_gone_mid_body_errors_in_handler_with_one_worker() {
             Response::new(Body::empty())
         },
     );
+    let addr = server.addr();
     let mut stream = common::connect(addr);
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n")
@@ -342,9 +348,10 @@ fn client_gone_mid_body_errors_in_handler_with_one_worker() {
 /// wedge the connection.
 #[test]
 fn unread_request_body_does_not_pin_the_only_worker() {
-    let addr = common::start(common::server().max_workers(1), |_, _| {
+    let server = common::start(common::server().max_workers(1), |_, _| {
         Response::new(Body::new("ignored your body"))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 8388608\r\n\r\n");
     // Send the body on the side; the server may stop reading it at any time.
@@ -424,7 +431,7 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
     }
 
     let s = shared.clone();
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(1),
         move |mut request: Request, _| {
             if request.uri().path() == "/stream" {
@@ -444,6 +451,7 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
             }
         },
     );
+    let addr = server.addr();
 
     // A: a streamed response nobody reads yet; the server fills the socket.
     let mut a = common::connect(addr);
@@ -487,12 +495,13 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
 /// so the client can skip sending the body.
 #[test]
 fn expect_100_continue_skipped_when_handler_does_not_read_body() {
-    let addr = common::start(common::server().max_workers(1), |_: Request, _| {
+    let server = common::start(common::server().max_workers(1), |_: Request, _| {
         ResponseBuilder::new()
             .status(413)
             .body(Body::new("too large"))
             .unwrap()
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(
         b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n",
@@ -515,7 +524,8 @@ fn expect_100_continue_skipped_when_handler_does_not_read_body() {
 /// read never arrived.
 #[test]
 fn handler_lifo_slot_strands_connection_task_body_never_arrives() {
-    let addr = start_counter(common::server());
+    let server = start_counter(common::server());
+    let addr = server.addr();
     let body = pattern_body(1 << 20);
     let mut conn = RawConn::open(addr);
     conn.send(
@@ -547,9 +557,10 @@ const MIXED_LEN: usize = 1 << 20;
 /// another, iterates the rest and echoes it all; `writes` (the body, framed as
 /// `head` says) must come back as the pattern, byte for byte.
 fn dropped_body_reader_loses_rest_of_its_chunk(head: &str, writes: Vec<Vec<u8>>) {
-    let addr = common::start(common::server(), |request: Request, _| {
+    let server = common::start(common::server(), |request: Request, _| {
         common::echo_read_mixed(request)
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(head.as_bytes());
     for write in writes {
@@ -605,7 +616,7 @@ fn dropped_body_reader_loses_rest_of_its_chunk_many_small_chunks() {
 #[test]
 fn body_read_on_a_users_own_thread_with_every_worker_busy() {
     let server = common::server().max_workers(1);
-    let addr = common::start(server, |mut request: Request, _info| {
+    let server = common::start(server, |mut request: Request, _info| {
         let body = std::mem::take(request.body_mut());
         let reader = thread::spawn(move || {
             let mut body = body;
@@ -617,6 +628,7 @@ fn body_read_on_a_users_own_thread_with_every_worker_busy() {
             Err(err) => Response::new(Body::new(format!("error: {err}"))),
         }
     });
+    let addr = server.addr();
     let body = pattern_body(3 << 20);
     let want = expected(&body);
     let got = common::within(Duration::from_secs(20), "upload", move || {

@@ -29,13 +29,13 @@ struct Sleeper {
 }
 
 impl Sleeper {
-    fn start(server: Server) -> (SocketAddr, Arc<Sleeper>) {
+    fn start(server: Server) -> (common::Started, Arc<Sleeper>) {
         let sleeper = Arc::new(Sleeper {
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
         let s = sleeper.clone();
-        let addr = common::start(server, move |request: Request, _| {
+        let server = common::start(server, move |request: Request, _| {
             let now = s.running.fetch_add(1, Ordering::SeqCst) + 1;
             s.peak.fetch_max(now, Ordering::SeqCst);
             let path = request.uri().path().to_string();
@@ -45,7 +45,7 @@ impl Sleeper {
             s.running.fetch_sub(1, Ordering::SeqCst);
             Response::new(Body::new(path))
         });
-        (addr, sleeper)
+        (server, sleeper)
     }
 }
 
@@ -69,7 +69,8 @@ fn concurrent_gets(addr: SocketAddr, path: &str, n: usize, limit: Duration) -> D
 #[test]
 fn sleeping_handler_does_not_block_other_requests() {
     let _serial = serial();
-    let (addr, _) = Sleeper::start(common::server().max_workers(4));
+    let (server, _) = Sleeper::start(common::server().max_workers(4));
+    let addr = server.addr();
     let slow = thread::spawn(move || common::get(addr, "/sleep/2000"));
     thread::sleep(Duration::from_millis(100));
     for _ in 0..5 {
@@ -93,7 +94,8 @@ fn sleeping_handler_does_not_block_other_requests() {
 #[test]
 fn sleeping_handler_with_one_spare_worker_does_not_block_other_requests() {
     let _serial = serial();
-    let (addr, _) = Sleeper::start(common::server().max_workers(2));
+    let (server, _) = Sleeper::start(common::server().max_workers(2));
+    let addr = server.addr();
     let slow = thread::spawn(move || common::get(addr, "/sleep/1500"));
     thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
@@ -112,7 +114,8 @@ fn sleeping_handler_with_one_spare_worker_does_not_block_other_requests() {
 #[test]
 fn max_workers_sleeping_handlers_run_in_parallel() {
     let _serial = serial();
-    let (addr, sleeper) = Sleeper::start(common::server().max_workers(4));
+    let (server, sleeper) = Sleeper::start(common::server().max_workers(4));
+    let addr = server.addr();
     let took = concurrent_gets(addr, "/sleep/500", 4, Duration::from_secs(10));
     // In series this takes 2 s; in parallel about 0.5 s.
     assert!(
@@ -126,7 +129,8 @@ fn max_workers_sleeping_handlers_run_in_parallel() {
 #[test]
 fn requests_beyond_max_workers_wait_and_are_all_answered() {
     let _serial = serial();
-    let (addr, sleeper) = Sleeper::start(common::server().max_workers(2));
+    let (server, sleeper) = Sleeper::start(common::server().max_workers(2));
+    let addr = server.addr();
     let took = concurrent_gets(addr, "/sleep/200", 10, Duration::from_secs(20));
     let peak = sleeper.peak.load(Ordering::SeqCst);
     assert!(peak <= 2, "{peak} handlers ran at once with max_workers(2)");
@@ -138,7 +142,8 @@ fn requests_beyond_max_workers_wait_and_are_all_answered() {
 #[test]
 fn many_queued_requests_with_one_worker_all_answered() {
     let _serial = serial();
-    let (addr, sleeper) = Sleeper::start(common::server().max_workers(1));
+    let (server, sleeper) = Sleeper::start(common::server().max_workers(1));
+    let addr = server.addr();
     let took = concurrent_gets(addr, "/sleep/20", 40, Duration::from_secs(20));
     assert_eq!(sleeper.peak.load(Ordering::SeqCst), 1);
     assert!(took >= Duration::from_millis(790), "took only {took:?}");
@@ -153,11 +158,12 @@ fn idle_workers_exit_after_worker_keep_alive() {
         return;
     }
     // Child: alone in this process, so its thread count is the server's.
-    let (addr, sleeper) = Sleeper::start(
+    let (server, sleeper) = Sleeper::start(
         common::server()
             .max_workers(8)
             .worker_keep_alive(Duration::from_millis(200)),
     );
+    let addr = server.addr();
     assert_eq!(common::get(addr, "/fast").0, 200);
     thread::sleep(Duration::from_millis(500));
     let baseline = common::threads();

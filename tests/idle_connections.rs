@@ -37,10 +37,11 @@ fn idle_keep_alive_connections_hold_no_thread() {
     );
 
     let baseline = common::threads();
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(MAX_WORKERS as usize),
         |_, _| Response::new(Body::new("ok")),
     );
+    let addr = server.addr();
 
     // Open the connections in batches (the listen backlog is finite): connect
     // and send a request on each, then read each response.
@@ -101,9 +102,10 @@ fn idle_keep_alive_connections_hold_no_thread() {
 /// normal request.
 #[test]
 fn partial_request_heads_hold_no_worker() {
-    let addr = common::start(common::server().max_workers(1), |_, _| {
+    let server = common::start(common::server().max_workers(1), |_, _| {
         Response::new(Body::new("ok"))
     });
+    let addr = server.addr();
     let mut stalled = Vec::new();
     for i in 0..200 {
         let mut conn = RawConn::open(addr);

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,11 +30,10 @@ fn wait_for(handle: &ServerHandle, what: &str, ok: impl Fn(&Stats) -> bool) -> S
 }
 
 /// A server whose `/hold` handler waits for the test to let it go.
-fn holding(server: Server) -> (SocketAddr, ServerHandle, mpsc::Sender<()>) {
-    let handle = server.handle();
+fn holding(server: Server) -> (Started, mpsc::Sender<()>) {
     let (release, released) = mpsc::channel::<()>();
     let released = Mutex::new(released);
-    let addr = start(
+    let server = start(
         server,
         move |mut request: Request, _info: ConnectionInfo| {
             if request.method() == "POST" {
@@ -51,12 +49,13 @@ fn holding(server: Server) -> (SocketAddr, ServerHandle, mpsc::Sender<()>) {
             Response::new(Body::new("done"))
         },
     );
-    (addr, handle, release)
+    (server, release)
 }
 
 #[test]
 fn stats_count_connections_requests_and_handlers() {
-    let (addr, handle, release) = holding(server());
+    let (server, release) = holding(server());
+    let (addr, handle) = (server.addr(), server.handle());
     let before = handle.stats();
     assert_eq!(before.http1_connections, 0);
     assert_eq!(before.requests_in_flight, 0);
@@ -66,7 +65,7 @@ fn stats_count_connections_requests_and_handlers() {
     assert_eq!(idle.read_response().unwrap().status, 200);
     let mut held = RawConn::open(addr);
     held.send(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n");
-    let stats = wait_for(&handle, "a held request", |s| {
+    let stats = wait_for(handle, "a held request", |s| {
         s.requests_in_flight == 1 && s.handlers_running == 1
     });
     assert_eq!(stats.http1_connections, 2);
@@ -74,12 +73,12 @@ fn stats_count_connections_requests_and_handlers() {
 
     release.send(()).unwrap();
     assert_eq!(held.read_response().unwrap().status, 200);
-    wait_for(&handle, "nothing in flight", |s| {
+    wait_for(handle, "nothing in flight", |s| {
         s.requests_in_flight == 0 && s.handlers_running == 0
     });
     drop(idle);
     drop(held);
-    let stats = wait_for(&handle, "both closed", |s| s.http1_connections == 0);
+    let stats = wait_for(handle, "both closed", |s| s.http1_connections == 0);
     assert_eq!(stats.closed_for(CloseReason::Done), 2, "{stats:?}");
 }
 
@@ -88,7 +87,8 @@ fn close_reasons_are_counted() {
     let server = server()
         .http1_header_read_timeout(Duration::from_millis(200))
         .http1_keep_alive_timeout(Duration::from_millis(200));
-    let (addr, handle, _release) = holding(server);
+    let (server, _release) = holding(server);
+    let (addr, handle) = (server.addr(), server.handle());
 
     // Nothing sent: the header read timeout.
     let _silent = connect(addr);
@@ -104,13 +104,13 @@ fn close_reasons_are_counted() {
     let mut gone = RawConn::open(addr);
     gone.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc");
 
-    wait_for(&handle, "the timeouts", |s| {
+    wait_for(handle, "the timeouts", |s| {
         s.closed_for(CloseReason::HeaderReadTimeout) >= 1
             && s.closed_for(CloseReason::KeepAliveTimeout) >= 1
             && s.closed_for(CloseReason::Error) >= 1
     });
     drop(gone);
-    let stats = wait_for(&handle, "the client gone", |s| {
+    let stats = wait_for(handle, "the client gone", |s| {
         s.closed_for(CloseReason::ClientGone) >= 1
     });
     assert_eq!(stats.closed_for(CloseReason::SendTimeout), 0);
@@ -138,9 +138,7 @@ fn shutdown_closes_are_counted_and_stats_outlive_serve() {
 #[cfg(feature = "http2")]
 #[test]
 fn http2_and_upgraded_connections_have_their_own_counts() {
-    let server = server();
-    let handle = server.handle();
-    let addr = start(server, |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match astra::Upgrade::from_request(&mut request) {
             Some(upgrade) => {
                 let switching = astra::ResponseBuilder::new()
@@ -157,23 +155,22 @@ fn http2_and_upgraded_connections_have_their_own_counts() {
             None => Response::new(Body::empty()),
         }
     });
+    let (addr, handle) = (server.addr(), server.handle());
     let mut h2 = connect(addr);
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .unwrap();
-    wait_for(&handle, "an HTTP/2 connection", |s| {
-        s.http2_connections == 1
-    });
+    wait_for(handle, "an HTTP/2 connection", |s| s.http2_connections == 1);
     let mut upgraded = RawConn::open(addr);
     upgraded.send(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n");
     assert_eq!(upgraded.read_head().unwrap().1, 101);
-    let stats = wait_for(&handle, "an upgraded connection", |s| {
+    let stats = wait_for(handle, "an upgraded connection", |s| {
         s.upgraded_connections == 1 && s.http1_connections == 0
     });
     assert_eq!(stats.http2_connections, 1);
     upgraded.send(b"!");
     drop(upgraded);
     drop(h2);
-    wait_for(&handle, "both gone", |s| {
+    wait_for(handle, "both gone", |s| {
         s.upgraded_connections == 0 && s.http2_connections == 0
     });
 }
@@ -203,7 +200,7 @@ static CAPTURE: Capture = Capture;
 fn the_access_log_has_a_line_per_request() {
     let _ = log::set_logger(&CAPTURE);
     log::set_max_level(log::LevelFilter::Info);
-    let addr = start(
+    let server = start(
         server().access_log(true),
         |request: Request, _info: ConnectionInfo| {
             if request.uri().path() == "/missing" {
@@ -215,6 +212,7 @@ fn the_access_log_has_a_line_per_request() {
             Response::new(Body::new("twelve bytes"))
         },
     );
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET /a?b=c HTTP/1.1\r\nhost: x\r\n\r\n");
     assert_eq!(conn.read_response().unwrap().status, 200);
@@ -253,9 +251,10 @@ fn the_access_log_has_a_line_per_request() {
 fn no_access_log_unless_asked() {
     let _ = log::set_logger(&CAPTURE);
     log::set_max_level(log::LevelFilter::Info);
-    let addr = start(server(), |_request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |_request: Request, _info: ConnectionInfo| {
         Response::new(Body::new("quiet"))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET /quiet HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
     let port = conn.stream().local_addr().unwrap().port();

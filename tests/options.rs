@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use astra::{Body, Request, Response, ResponseBuilder, Server};
 use common::RawConn;
 
-fn start(server: Server) -> SocketAddr {
+fn start(server: Server) -> common::Started {
     common::start(server, |request: Request, _| {
         if let Some(ms) = request.uri().path().strip_prefix("/sleep/") {
             thread::sleep(Duration::from_millis(ms.parse().unwrap()));
@@ -29,7 +29,8 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 /// workers the pool grows to never leave, and it serves as before.
 #[test]
 fn worker_keep_alive_none_keeps_serving() {
-    let addr = start(common::server().max_workers(4).worker_keep_alive(None));
+    let server = start(common::server().max_workers(4).worker_keep_alive(None));
+    let addr = server.addr();
     let sleepers: Vec<_> = (0..4)
         .map(|_| thread::spawn(move || common::get(addr, "/sleep/200")))
         .collect();
@@ -42,7 +43,8 @@ fn worker_keep_alive_none_keeps_serving() {
 
 #[test]
 fn http1_keep_alive_on_by_default_keeps_connection_open() {
-    let addr = start(common::server());
+    let server = start(common::server());
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     for _ in 0..3 {
         conn.send(GET);
@@ -63,7 +65,8 @@ fn http1_keep_alive_on_by_default_keeps_connection_open() {
 
 #[test]
 fn http1_keep_alive_false_sends_connection_close_and_closes() {
-    let addr = start(common::server().http1_keep_alive(false));
+    let server = start(common::server().http1_keep_alive(false));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(GET);
     let response = conn.read_response().unwrap();
@@ -94,7 +97,8 @@ fn half_closed_request(addr: SocketAddr) -> Vec<u8> {
 
 #[test]
 fn http1_half_close_true_still_answers_after_client_shuts_down_write() {
-    let addr = start(common::server().http1_half_close(true));
+    let server = start(common::server().http1_half_close(true));
+    let addr = server.addr();
     let reply = half_closed_request(addr);
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 200"), "got {text:?}");
@@ -103,7 +107,8 @@ fn http1_half_close_true_still_answers_after_client_shuts_down_write() {
 
 #[test]
 fn http1_half_close_false_closes_on_client_eof() {
-    let addr = start(common::server().http1_half_close(false));
+    let server = start(common::server().http1_half_close(false));
+    let addr = server.addr();
     let start = Instant::now();
     let reply = half_closed_request(addr);
     // The end of stream ends the connection: the 300 ms handler's response is
@@ -122,7 +127,8 @@ fn http1_half_close_false_closes_on_client_eof() {
 
 #[test]
 fn http1_max_buf_size_refuses_larger_request_head() {
-    let addr = start(common::server().http1_max_buf_size(8192));
+    let server = start(common::server().http1_max_buf_size(8192));
+    let addr = server.addr();
     // A head well within the limit is served.
     let small = format!(
         "GET / HTTP/1.1\r\nHost: test\r\nX-Fill: {}\r\n\r\n",
@@ -146,13 +152,15 @@ fn http1_max_buf_size_refuses_larger_request_head() {
     );
 
     // Without the option, the same head is fine.
-    let addr = start(common::server());
+    let server = start(common::server());
+    let addr = server.addr();
     assert_eq!(common::raw_request(addr, big.as_bytes()).status, 200);
 }
 
 #[test]
 fn http1_title_case_headers_writes_title_case() {
-    let addr = start(common::server().http1_title_case_headers(true));
+    let server = start(common::server().http1_title_case_headers(true));
+    let addr = server.addr();
     let response = common::raw_request(addr, GET);
     assert!(
         response.head.contains("\r\nContent-Length: 5\r\n"),
@@ -165,7 +173,8 @@ fn http1_title_case_headers_writes_title_case() {
         response.head
     );
 
-    let addr = start(common::server());
+    let server = start(common::server());
+    let addr = server.addr();
     let response = common::raw_request(addr, GET);
     assert!(
         response.head.contains("\r\ncontent-length: 5\r\n"),
@@ -186,7 +195,7 @@ fn from_listener_serves_on_that_listener() {
     let server = Server::from_listener(listener);
     assert_eq!(server.local_addr().unwrap(), addr);
     let served = start(server);
-    assert_eq!(served, addr);
+    assert_eq!(served.addr(), addr);
     assert_eq!(common::get(addr, "/"), (200, "hello".to_string()));
 }
 
@@ -210,18 +219,21 @@ fn serve_clone_gives_each_request_a_clone() {
             Response::new(Body::new(self.count.get().to_string()))
         }
     }
+    // `TestServer` takes a `Sync` service: serve_clone gets a thread of its own.
     let server = common::server();
     let addr = server.local_addr().unwrap();
-    thread::spawn(move || {
-        server
-            .serve_clone(PerRequest {
-                count: Cell::new(0),
-            })
-            .unwrap()
+    let handle = server.handle();
+    let serving = thread::spawn(move || {
+        server.serve_clone(PerRequest {
+            count: Cell::new(0),
+        })
     });
     for _ in 0..3 {
         assert_eq!(common::get(addr, "/"), (200, "1".to_string()));
     }
+    handle.shutdown();
+    common::join_within(serving, Duration::from_secs(10), "serve_clone")
+        .expect("serve_clone returns Ok after a graceful shutdown");
 }
 
 #[cfg(feature = "http2")]
@@ -240,7 +252,8 @@ mod http2_modes {
 
     #[test]
     fn default_mode_serves_h2_prior_knowledge() {
-        let addr = start(common::server());
+        let server = start(common::server());
+        let addr = server.addr();
         let mut stream = common::connect(addr);
         stream.write_all(H2_PREFACE).unwrap();
         let mut buf = [0; 64];
@@ -250,7 +263,8 @@ mod http2_modes {
 
     #[test]
     fn http1_only_does_not_serve_h2_preface() {
-        let addr = start(common::server().http1_only());
+        let server = start(common::server().http1_only());
+        let addr = server.addr();
         let mut stream = common::connect(addr);
         let _ = stream.write_all(H2_PREFACE);
         let reply = common::read_until_closed(&mut stream)
@@ -270,7 +284,8 @@ mod http2_modes {
 
     #[test]
     fn http2_only_refuses_http1_request() {
-        let addr = start(common::server().http2_only());
+        let server = start(common::server().http2_only());
+        let addr = server.addr();
         let mut stream = common::connect(addr);
         let _ = stream.write_all(GET);
         let reply = common::read_until_closed(&mut stream)
@@ -292,10 +307,11 @@ mod http2_modes {
 
 #[test]
 fn http1_pipeline_flush_answers_pipelined_requests_in_order() {
-    let addr = common::start(
+    let server = common::start(
         common::server().http1_pipeline_flush(true),
         |request: Request, _| Response::new(Body::new(request.uri().path().to_string())),
     );
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let mut requests = Vec::new();
     for i in 0..20 {
@@ -309,9 +325,10 @@ fn http1_pipeline_flush_answers_pipelined_requests_in_order() {
 
 #[test]
 fn http1_writev_false_still_sends_correct_responses() {
-    let addr = common::start(common::server().http1_writev(false), |_: Request, _| {
+    let server = common::start(common::server().http1_writev(false), |_: Request, _| {
         Response::new(Body::wrap_reader(common::Generated::new(3_000_000)))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     for _ in 0..2 {
         conn.send(GET);
@@ -323,7 +340,7 @@ fn http1_writev_false_still_sends_correct_responses() {
 
 /// Starts a server whose handler answers with the largest body chunk it saw
 /// and the body's total length.
-fn start_chunk_meter(server: Server) -> SocketAddr {
+fn start_chunk_meter(server: Server) -> common::Started {
     common::start(server, |mut request: Request, _| {
         let (mut largest, mut total) = (0, 0);
         for chunk in request.body_mut() {
@@ -361,11 +378,13 @@ fn largest_chunk_of_upload(addr: SocketAddr, size: usize) -> usize {
 #[test]
 fn http1_max_buf_size_bounds_body_chunks() {
     // Default: 64 KiB.
-    let addr = start_chunk_meter(common::server());
+    let server = start_chunk_meter(common::server());
+    let addr = server.addr();
     let largest = largest_chunk_of_upload(addr, 4 << 20);
     assert!(largest <= 128 * 1024, "a {largest}-byte chunk by default");
 
-    let addr = start_chunk_meter(common::server().http1_max_buf_size(16 * 1024));
+    let server = start_chunk_meter(common::server().http1_max_buf_size(16 * 1024));
+    let addr = server.addr();
     let largest = largest_chunk_of_upload(addr, 1 << 20);
     assert!(
         largest <= 64 * 1024,

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,13 +27,14 @@ fn read_until_close(stream: &mut TcpStream, started: Instant) -> (Vec<u8>, Durat
     }
 }
 
-fn short_header_timeout(timeout: Duration) -> SocketAddr {
+fn short_header_timeout(timeout: Duration) -> Started {
     start(server().http1_header_read_timeout(timeout), hello)
 }
 
 #[test]
 fn silent_connection_is_closed_after_header_read_timeout() {
-    let addr = short_header_timeout(Duration::from_millis(300));
+    let server = short_header_timeout(Duration::from_millis(300));
+    let addr = server.addr();
     let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
     let started = Instant::now();
     let (received, elapsed) = read_until_close(&mut stream, started);
@@ -49,7 +50,8 @@ fn silent_connection_is_closed_after_header_read_timeout() {
 #[test]
 fn partial_http2_preface_is_closed_after_header_read_timeout() {
     // hyper-util's auto builder runs no timer while it reads the preface; ours must.
-    let addr = short_header_timeout(Duration::from_millis(300));
+    let server = short_header_timeout(Duration::from_millis(300));
+    let addr = server.addr();
     let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
     stream.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
     let started = Instant::now();
@@ -59,7 +61,8 @@ fn partial_http2_preface_is_closed_after_header_read_timeout() {
 
 #[test]
 fn byte_by_byte_head_is_closed_after_header_read_timeout() {
-    let addr = short_header_timeout(Duration::from_millis(500));
+    let server = short_header_timeout(Duration::from_millis(500));
+    let addr = server.addr();
     let stream = connect_with_timeout(addr, Duration::from_secs(5));
     let started = Instant::now();
     let mut writer = stream.try_clone().unwrap();
@@ -89,7 +92,8 @@ fn byte_by_byte_head_is_closed_after_header_read_timeout() {
 
 #[test]
 fn a_slow_but_timely_head_is_answered() {
-    let addr = short_header_timeout(Duration::from_millis(800));
+    let server = short_header_timeout(Duration::from_millis(800));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\n");
     thread::sleep(Duration::from_millis(200));
@@ -104,10 +108,11 @@ fn a_slow_but_timely_head_is_answered() {
 #[test]
 fn header_read_timeout_does_not_cut_slow_handlers() {
     let server = server().http1_header_read_timeout(Duration::from_millis(200));
-    let addr = start(server, |_req, _info| {
+    let server = start(server, |_req, _info| {
         thread::sleep(Duration::from_millis(700));
         Response::new(Body::new("slow"))
     });
+    let addr = server.addr();
     let response = raw_request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, 200);
     assert_eq!(response.body_str(), "slow");
@@ -118,7 +123,8 @@ fn idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
     let server = server()
         .http1_header_read_timeout(Duration::from_secs(10))
         .http1_keep_alive_timeout(Duration::from_millis(400));
-    let addr = start(server, hello);
+    let server = start(server, hello);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     // Requests spaced closer than the timeout keep the connection open.
     for _ in 0..3 {
@@ -146,7 +152,8 @@ fn keep_alive_timeout_off_keeps_idle_connections() {
     let server = server()
         .http1_header_read_timeout(Duration::from_millis(200))
         .http1_keep_alive_timeout(None);
-    let addr = start(server, hello);
+    let server = start(server, hello);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(conn.read_response().unwrap().status, 200);
@@ -174,13 +181,14 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
     let server = server()
         .max_workers(1)
         .send_timeout(Duration::from_millis(400));
-    let addr = start(server, |request: astra::Request, _info| {
+    let server = start(server, |request: astra::Request, _info| {
         if request.uri().path() == "/big" {
             Response::new(Body::wrap_reader(Zeros(BIG)))
         } else {
             Response::new(Body::new("small"))
         }
     });
+    let addr = server.addr();
     let mut stalled = connect_with_timeout(addr, Duration::from_secs(10));
     stalled
         .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -208,9 +216,10 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
 fn slow_but_steady_reader_gets_the_whole_response() {
     const LEN: usize = 8 * 1024 * 1024;
     let server = server().send_timeout(Duration::from_millis(500));
-    let addr = start(server, |_req, _info| {
+    let server = start(server, |_req, _info| {
         Response::new(Body::wrap_reader(Zeros(LEN)))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let (_, status, _, _) = conn.read_head().unwrap();
@@ -243,7 +252,7 @@ mod http2_ping {
 
     /// Opens an HTTP/2 connection that never answers PINGs, and returns how
     /// long until the server closed it (or `None` if it stayed open `limit`).
-    fn unresponsive_http2_client(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+    fn unresponsive_http2_client(addr: std::net::SocketAddr, limit: Duration) -> Option<Duration> {
         let mut stream = connect_with_timeout(addr, limit);
         stream
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -269,7 +278,8 @@ mod http2_ping {
         let server = server()
             .http2_keep_alive_interval(Duration::from_millis(200))
             .http2_keep_alive_timeout(Duration::from_millis(300));
-        let addr = start(server, hello);
+        let server = start(server, hello);
+        let addr = server.addr();
         let closed = unresponsive_http2_client(addr, Duration::from_secs(5))
             .expect("the server should close a peer that ignores PINGs");
         assert!(closed < Duration::from_secs(3), "closed late: {closed:?}");
@@ -283,7 +293,8 @@ mod http2_ping {
         let server = server()
             .http2_keep_alive_interval(Duration::from_millis(200))
             .http2_keep_alive_timeout(None);
-        let addr = start(server, hello);
+        let server = start(server, hello);
+        let addr = server.addr();
         assert_eq!(
             unresponsive_http2_client(addr, Duration::from_millis(1500)),
             None,
@@ -293,7 +304,8 @@ mod http2_ping {
 
     #[test]
     fn without_pings_the_same_connection_stays_open() {
-        let addr = start(server(), hello);
+        let server = start(server(), hello);
+        let addr = server.addr();
         assert_eq!(
             unresponsive_http2_client(addr, Duration::from_millis(1500)),
             None,
@@ -309,7 +321,8 @@ fn slowloris_connections_are_reaped_while_real_clients_are_served() {
     let slow = SLOW.min((limit as usize).saturating_sub(512) / 2);
     assert!(slow >= 200, "cannot open enough descriptors: limit {limit}");
     let server = server().http1_header_read_timeout(Duration::from_secs(1));
-    let addr = start(server, hello);
+    let server = start(server, hello);
+    let addr = server.addr();
     let started = Instant::now();
     let mut attackers = Vec::with_capacity(slow);
     for _ in 0..slow {
@@ -367,7 +380,7 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
     let server = server()
         .max_workers(1)
         .body_read_timeout(Duration::from_millis(400));
-    let addr = start(server, |mut request: astra::Request, _info| {
+    let server = start(server, |mut request: astra::Request, _info| {
         let mut body = Vec::new();
         match request.body_mut().reader().read_to_end(&mut body) {
             Ok(n) => Response::new(Body::new(format!("read {n}"))),
@@ -378,6 +391,7 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
             Err(err) => Response::new(Body::new(format!("error {err}"))),
         }
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     // Promise 100 bytes, send 10, then stall.
     conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789");
@@ -408,13 +422,14 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
 #[test]
 fn body_read_timeout_message_printed_the_option() {
     let server = server().body_read_timeout(Duration::from_millis(300));
-    let addr = start(server, |mut request: astra::Request, _info| {
+    let server = start(server, |mut request: astra::Request, _info| {
         let mut body = Vec::new();
         match request.body_mut().reader().read_to_end(&mut body) {
             Ok(n) => Response::new(Body::new(format!("read {n}"))),
             Err(err) => Response::new(Body::new(format!("{:?}: {err}", err.kind()))),
         }
     });
+    let addr = server.addr();
     let response = raw_request(
         addr,
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
@@ -428,13 +443,14 @@ fn body_read_timeout_message_printed_the_option() {
 #[test]
 fn a_slow_but_steady_request_body_is_read_whole() {
     let server = server().body_read_timeout(Duration::from_millis(500));
-    let addr = start(server, |mut request: astra::Request, _info| {
+    let server = start(server, |mut request: astra::Request, _info| {
         let mut body = Vec::new();
         match request.body_mut().reader().read_to_end(&mut body) {
             Ok(n) => Response::new(Body::new(format!("read {n}"))),
             Err(err) => Response::new(Body::new(format!("error {err}"))),
         }
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n");
     // Slower overall than the timeout, but never silent for that long.
