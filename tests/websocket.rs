@@ -209,6 +209,7 @@ fn a_slow_handler_loses_nothing_and_keeps_the_order() {
             Ok(ws) => ws
                 .max_queued_messages(4)
                 .serve(|sender: &Sender, message: Message| {
+                    // Slower than the client sends.
                     thread::sleep(Duration::from_millis(2));
                     let _ = sender.send(message);
                 }),
@@ -291,9 +292,11 @@ impl Handler for SharedHandler {
 fn any_thread_can_send_and_the_handler_hears_the_close() {
     let (server, senders, closes) = registry_server(server());
     let addr = server.addr();
+    // One at a time: `on_open` may run after the client's handshake is
+    // done, so two opened at once could hand their senders over either way.
     let mut first = open(addr);
-    let mut second = open(addr);
     let a = senders.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut second = open(addr);
     let b = senders.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_ne!(a.id(), b.id());
     // Broadcast from this thread, and from another.
