@@ -68,7 +68,9 @@ fn idle_keep_alive_connections_hold_no_thread() {
         "{conns} kept-alive connections opened in {:?}",
         start.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_for_stats(server.handle(), "every connection idle", |s| {
+        s.http1_connections == conns && s.requests_in_flight == 0 && s.handlers_running == 0
+    });
 
     // A new client is answered quickly.
     let t = Instant::now();
@@ -121,7 +123,10 @@ fn partial_request_heads_hold_no_worker() {
         conn.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         stalled.push(conn);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Every one is accepted and waits for the rest of its request.
+    common::wait_for_stats(server.handle(), "all stalled connections open", |s| {
+        s.http1_connections + s.http2_connections == stalled.len()
+    });
     for _ in 0..5 {
         let t = Instant::now();
         assert_eq!(common::get(addr, "/"), (200, "ok".to_string()));

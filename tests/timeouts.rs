@@ -8,10 +8,12 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use astra::{Body, Response};
+use astra::{Body, CloseReason, Response};
 use common::*;
 
 fn hello(_request: astra::Request, _info: astra::ConnectionInfo) -> Response {
@@ -95,6 +97,7 @@ fn a_slow_but_timely_head_is_answered() {
     let server = short_header_timeout(Duration::from_millis(800));
     let addr = server.addr();
     let mut conn = RawConn::open(addr);
+    // The workload: a head in pieces, 400 ms in all, within the timeout.
     conn.send(b"GET / HTTP/1.1\r\n");
     thread::sleep(Duration::from_millis(200));
     conn.send(b"Host: x\r\n");
@@ -109,6 +112,7 @@ fn a_slow_but_timely_head_is_answered() {
 fn header_read_timeout_does_not_cut_slow_handlers() {
     let server = server().http1_header_read_timeout(Duration::from_millis(200));
     let server = start(server, |_req, _info| {
+        // Longer than the header read timeout.
         thread::sleep(Duration::from_millis(700));
         Response::new(Body::new("slow"))
     });
@@ -175,15 +179,32 @@ impl Read for Zeros {
     }
 }
 
+/// [`Zeros`] that counts what it produced.
+struct CountedZeros {
+    zeros: Zeros,
+    produced: Arc<AtomicU64>,
+}
+
+impl Read for CountedZeros {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.zeros.read(buf)?;
+        self.produced.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
 #[test]
 fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() {
     const BIG: usize = 256 * 1024 * 1024;
-    let server = server()
-        .max_workers(1)
-        .send_timeout(Duration::from_millis(400));
-    let server = start(server, |request: astra::Request, _info| {
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = produced.clone();
+    let server = server().max_workers(1).send_timeout(Duration::from_secs(1));
+    let server = start(server, move |request: astra::Request, _info| {
         if request.uri().path() == "/big" {
-            Response::new(Body::wrap_reader(Zeros(BIG)))
+            Response::new(Body::wrap_reader(CountedZeros {
+                zeros: Zeros(BIG),
+                produced: counter.clone(),
+            }))
         } else {
             Response::new(Body::new("small"))
         }
@@ -194,7 +215,7 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
         .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     // Never read: the socket buffers fill, then writes block.
-    thread::sleep(Duration::from_millis(300));
+    wait_until_stalled(server.handle(), &produced);
     // The only worker is free: the blocked response holds no thread.
     let started = Instant::now();
     let response = raw_request(
@@ -203,7 +224,15 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
     );
     assert_eq!(response.body_str(), "small");
     assert!(started.elapsed() < Duration::from_secs(2));
-    thread::sleep(Duration::from_millis(1500));
+    let stats = server.handle().stats();
+    assert_eq!(
+        stats.closed_for(CloseReason::SendTimeout),
+        0,
+        "answered only once the send timeout had closed the stalled response: {stats:?}"
+    );
+    wait_for_stats(server.handle(), "the send timeout fires", |s| {
+        s.closed_for(CloseReason::SendTimeout) == 1
+    });
     let (received, _) = read_until_close(&mut stalled, Instant::now());
     assert!(
         received.len() < BIG,
@@ -348,6 +377,7 @@ fn slowloris_connections_are_reaped_while_real_clients_are_served() {
                 answered += 1;
             }
         }
+        // The attack's pace: a header line per connection every 100 ms.
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(

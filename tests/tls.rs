@@ -593,12 +593,12 @@ fn reload_under_load_fails_no_handshake_and_keeps_open_connections() {
         .collect();
     for i in 0..20 {
         let next = if i % 2 == 0 { &second } else { &first };
-        // Wait for a few handshakes between reloads (bounded).
+        // A few handshakes between reloads; a client that stopped has an
+        // error to tell when joined below.
         let target = handshakes.load(Ordering::Relaxed) + 5;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handshakes.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            thread::yield_now();
-        }
+        common::wait_until(Duration::from_secs(10), "handshakes go on", || {
+            handshakes.load(Ordering::Relaxed) >= target || clients.iter().any(|c| c.is_finished())
+        });
         handle.reload_tls(tls_config(next)).unwrap();
     }
     stop.store(true, Ordering::Relaxed);

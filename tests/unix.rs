@@ -212,6 +212,7 @@ fn graceful_shutdown_finishes_requests_and_removes_the_socket_file() {
     let server = Server::bind_unix(dir.join("s"));
     let (path, handle, serving) = start_unix(server, move |_request: Request, _info| {
         let _ = started_tx.lock().unwrap().send(());
+        // Still running when the shutdown starts.
         thread::sleep(Duration::from_millis(300));
         Response::new(Body::new("finished"))
     });

@@ -10,7 +10,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -150,6 +150,23 @@ pub fn wait_for_stats(handle: &ServerHandle, what: &str, ok: impl Fn(&Stats) -> 
             ))
         }
     })
+}
+
+/// Waits (at most [`IO_TIMEOUT`]) until a `wrap_reader` response to a client
+/// that reads nothing has filled the socket and waits for it to drain.
+/// Nothing says so but silence: its reader, which counts what it produced
+/// in `produced`, goes unasked for 50 ms, with no user code running or
+/// queued meanwhile.
+pub fn wait_until_stalled(handle: &ServerHandle, produced: &AtomicU64) {
+    let mut last = (0, Instant::now());
+    wait_until(IO_TIMEOUT, "the response stalls", || {
+        let now = produced.load(Ordering::SeqCst);
+        let stats = handle.stats();
+        if now == 0 || now != last.0 || stats.handlers_running + stats.queued > 0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(50)
+    });
 }
 
 /// Calls `attempt` until it succeeds, with the back-off of [`wait_until`];
@@ -466,13 +483,7 @@ pub fn join_within<T: Send + 'static>(
     limit: Duration,
     what: &str,
 ) -> T {
-    let deadline = Instant::now() + limit;
-    while !handle.is_finished() {
-        if Instant::now() > deadline {
-            panic!("{what}: not done within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(limit, what, || handle.is_finished());
     match handle.join() {
         Ok(value) => value,
         Err(panic) => std::panic::resume_unwind(panic),
