@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -241,38 +241,55 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
     );
 }
 
+/// A reader that pauses before each read until `until`: a client slower
+/// than the server, but never silent for long.
+struct Paced<R> {
+    inner: R,
+    pause: Duration,
+    until: Instant,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() < self.until {
+            thread::sleep(self.pause);
+        }
+        self.inner.read(buf)
+    }
+}
+
 #[test]
 fn slow_but_steady_reader_gets_the_whole_response() {
-    const LEN: usize = 8 * 1024 * 1024;
+    const LEN: u64 = 8 * 1024 * 1024;
     let server = server().send_timeout(Duration::from_millis(500));
     let server = start(server, |_req, _info| {
-        Response::new(Body::wrap_reader(Zeros(LEN)))
+        Response::new(Body::wrap_reader(Generated::new(LEN)))
     });
     let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let (_, status, _, _) = conn.read_head().unwrap();
-    assert_eq!(status, 200);
-    // Read in small steps with pauses shorter than the send timeout.
-    let mut total = 0;
-    let mut buf = vec![0u8; 512 * 1024];
-    let mut raw = Vec::new();
-    let started = Instant::now();
-    loop {
-        let n = conn.reader.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n;
-        raw.extend_from_slice(&buf[..n]);
-        if started.elapsed() < Duration::from_secs(2) {
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let (_, status, head, headers) = conn.read_head().unwrap();
+    assert_eq!(status, 200, "{head}");
     assert!(
-        total > LEN,
-        "chunked body of {LEN} bytes cut short at {total}"
+        headers.contains(&("transfer-encoding".into(), "chunked".into())),
+        "{head}"
     );
+    // For 2 s, reads of at most 512 KiB with pauses shorter than the send
+    // timeout; then as fast as it comes.
+    let mut paced = BufReader::with_capacity(
+        512 * 1024,
+        Paced {
+            inner: &mut conn.reader,
+            pause: Duration::from_millis(100),
+            until: Instant::now() + Duration::from_secs(2),
+        },
+    );
+    let body = decode_chunked(&mut paced).expect("the whole chunked body");
+    assert_eq!(body.len() as u64, LEN, "bytes received");
+    assert_whole_pattern(&body);
+    assert!(paced.buffer().is_empty(), "nothing after the last chunk");
+    drop(paced);
+    assert_eq!(conn.read_to_close().unwrap(), b"", "then the close");
 }
 
 #[cfg(feature = "http2")]

@@ -365,42 +365,7 @@ impl RawConn {
 
     /// Decodes a chunked body; fails if the connection closes before the last chunk.
     pub fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "connection closed inside a chunked body after {} bytes",
-                        body.len()
-                    ),
-                ));
-            }
-            let size_text = line.trim().split(';').next().unwrap_or_default();
-            let size = usize::from_str_radix(size_text, 16)
-                .map_err(|_| io::Error::other(format!("bad chunk size line {line:?}")))?;
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    let mut trailer = String::new();
-                    if self.reader.read_line(&mut trailer)? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    if trailer == "\r\n" {
-                        return Ok(body);
-                    }
-                }
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            self.reader.read_exact(&mut body[start..])?;
-            let mut crlf = [0; 2];
-            self.reader.read_exact(&mut crlf)?;
-            if &crlf != b"\r\n" {
-                return Err(io::Error::other("chunk not followed by CRLF"));
-            }
-        }
+        decode_chunked(&mut self.reader)
     }
 
     /// Reads until the peer closes the connection; fails on a timeout.
@@ -427,6 +392,47 @@ impl RawConn {
         };
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         quiet
+    }
+}
+
+/// Decodes a chunked body from `reader`, trailers skipped; fails if the
+/// stream ends before the last chunk.
+pub fn decode_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside a chunked body after {} bytes",
+                    body.len()
+                ),
+            ));
+        }
+        let size_text = line.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| io::Error::other(format!("bad chunk size line {line:?}")))?;
+        if size == 0 {
+            // Trailers, then the empty line.
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer)? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                if trailer == "\r\n" {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut crlf = [0; 2];
+        reader.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(io::Error::other("chunk not followed by CRLF"));
+        }
     }
 }
 
