@@ -5,8 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -52,7 +51,7 @@ fn expected(body: &[u8]) -> String {
     format!("len={} sum={sum}", body.len())
 }
 
-fn start_counter(server: Server) -> SocketAddr {
+fn start_counter(server: Server) -> common::Started {
     common::start(server, |request: Request, _| {
         if request.uri().path() == "/reader" {
             count_via_reader(request)
@@ -73,7 +72,8 @@ fn pattern_body(len: usize) -> Vec<u8> {
 // --- Content-Length bodies larger than socket buffers -------------------------
 
 fn large_content_length_body(server: Server) {
-    let addr = start_counter(server);
+    let server = start_counter(server);
+    let addr = server.addr();
     let body = pattern_body(16 << 20);
     let want = expected(&body);
     for path in ["/iter", "/reader"] {
@@ -105,7 +105,8 @@ fn content_length_body_16mib_reaches_handler_with_one_worker() {
 /// Several large uploads at once, more than there are workers.
 #[test]
 fn concurrent_large_uploads_with_two_workers() {
-    let addr = start_counter(common::server().max_workers(2));
+    let server = start_counter(common::server().max_workers(2));
+    let addr = server.addr();
     let body = Arc::new(pattern_body(4 << 20));
     let want = expected(&body);
     let clients: Vec<_> = (0..6)
@@ -129,7 +130,8 @@ fn concurrent_large_uploads_with_two_workers() {
 // --- Chunked bodies sent slowly in pieces ------------------------------------
 
 fn slow_chunked_body(server: Server) {
-    let addr = start_counter(server);
+    let server = start_counter(server);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST /iter HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n");
     let mut sent = Vec::new();
@@ -143,11 +145,13 @@ fn slow_chunked_body(server: Server) {
         let cut = (i * 7) % chunk.len();
         conn.send(&chunk[..cut]);
         if i % 10 == 0 {
+            // The workload: a slow client, whose pieces arrive apart.
             thread::sleep(Duration::from_millis(5));
         }
         conn.send(&chunk[cut..]);
     }
     conn.send(b"0\r");
+    // The last chunk's line, too, comes in two pieces.
     thread::sleep(Duration::from_millis(20));
     conn.send(b"\n\r\n");
     let response = conn.read_response().unwrap();
@@ -173,7 +177,8 @@ fn chunked_body_many_slow_pieces_reaches_handler_with_one_worker() {
 /// Large chunked upload through a real client (ureq streams a reader chunked).
 #[test]
 fn chunked_body_16mib_from_ureq_with_one_worker() {
-    let addr = start_counter(common::server().max_workers(1));
+    let server = start_counter(common::server().max_workers(1));
+    let addr = server.addr();
     let body = pattern_body(16 << 20);
     let want = expected(&body);
     let mut reader = &body[..];
@@ -188,7 +193,8 @@ fn chunked_body_16mib_from_ureq_with_one_worker() {
 // --- Expect: 100-continue ----------------------------------------------------
 
 fn expect_continue(server: Server) {
-    let addr = start_counter(server);
+    let server = start_counter(server);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let body = pattern_body(300_000);
     conn.send(
@@ -223,15 +229,17 @@ fn expect_100_continue_then_body_with_one_worker() {
 /// Sends an invalid chunked body; the handler must see an error (or the
 /// connection be closed) and its worker must be free again afterwards.
 fn invalid_chunked_body(workers: usize) {
+    let reading = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let handled = Arc::new(AtomicUsize::new(0));
-    let (e, h) = (errors.clone(), handled.clone());
-    let addr = common::start(
+    let (r, e, h) = (reading.clone(), errors.clone(), handled.clone());
+    let server = common::start(
         common::server().max_workers(workers),
         move |mut request: Request, _| {
             if request.uri().path() == "/ping" {
                 return Response::new(Body::new("pong"));
             }
+            r.fetch_add(1, Ordering::SeqCst);
             let mut sink = Vec::new();
             let result = request.body_mut().reader().read_to_end(&mut sink);
             h.fetch_add(1, Ordering::SeqCst);
@@ -244,6 +252,7 @@ fn invalid_chunked_body(workers: usize) {
             }
         },
     );
+    let addr = server.addr();
     let bodies: [&[u8]; 3] = [
         b"5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",    // not a hex size
         b"3\r\nabcdef\r\n0\r\n\r\n",                // chunk longer than its size
@@ -252,7 +261,10 @@ fn invalid_chunked_body(workers: usize) {
     for (i, bad) in bodies.iter().enumerate() {
         let mut conn = RawConn::open(addr);
         conn.send(b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n");
-        thread::sleep(Duration::from_millis(20));
+        // The bad body comes while the handler waits for it.
+        common::wait_until(Duration::from_secs(10), "the handler starts", || {
+            reading.load(Ordering::SeqCst) > i
+        });
         conn.send(bad);
         // Either a 400 (from the handler or hyper) or a closed connection.
         match conn.read_response() {
@@ -269,15 +281,10 @@ fn invalid_chunked_body(workers: usize) {
             ),
         }
         // The handler saw the error rather than a clean end of body.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while handled.load(Ordering::SeqCst) <= i && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(
-            handled.load(Ordering::SeqCst),
-            i + 1,
-            "handler {i} never returned"
-        );
+        common::wait_until(Duration::from_secs(5), "the handler returns", || {
+            handled.load(Ordering::SeqCst) > i
+        });
+        assert_eq!(handled.load(Ordering::SeqCst), i + 1);
         assert_eq!(
             errors.load(Ordering::SeqCst),
             i + 1,
@@ -304,14 +311,16 @@ fn invalid_chunked_body_errors_in_handler_and_frees_worker_with_one_worker() {
 /// handler gets an error, not a hang, and the only worker is free again.
 #[test]
 fn client_gone_mid_body_errors_in_handler_with_one_worker() {
+    let reading = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
-    let e = errors.clone();
-    let addr = common::start(
+    let (r, e) = (reading.clone(), errors.clone());
+    let server = common::start(
         common::server().max_workers(1),
         move |mut request: Request, _| {
             if request.uri().path() == "/ping" {
                 return Response::new(Body::new("pong"));
             }
+            r.fetch_add(1, Ordering::SeqCst);
             let mut sink = Vec::new();
             if request.body_mut().reader().read_to_end(&mut sink).is_err() {
                 e.fetch_add(1, Ordering::SeqCst);
@@ -319,17 +328,20 @@ fn client_gone_mid_body_errors_in_handler_with_one_worker() {
             Response::new(Body::empty())
         },
     );
+    let addr = server.addr();
     let mut stream = common::connect(addr);
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n")
         .unwrap();
     stream.write_all(&[b'a'; 100_000]).unwrap();
-    thread::sleep(Duration::from_millis(50));
+    // Gone while the handler reads.
+    common::wait_until(Duration::from_secs(10), "the handler starts", || {
+        reading.load(Ordering::SeqCst) == 1
+    });
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while errors.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until(Duration::from_secs(5), "the handler's read fails", || {
+        errors.load(Ordering::SeqCst) > 0
+    });
     assert_eq!(
         errors.load(Ordering::SeqCst),
         1,
@@ -342,9 +354,10 @@ fn client_gone_mid_body_errors_in_handler_with_one_worker() {
 /// wedge the connection.
 #[test]
 fn unread_request_body_does_not_pin_the_only_worker() {
-    let addr = common::start(common::server().max_workers(1), |_, _| {
+    let server = common::start(common::server().max_workers(1), |_, _| {
         Response::new(Body::new("ignored your body"))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 8388608\r\n\r\n");
     // Send the body on the side; the server may stop reading it at any time.
@@ -383,14 +396,20 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
     use std::sync::{Condvar, Mutex};
 
     struct Shared {
+        /// Bytes A's reader has produced.
+        produced: AtomicU64,
         b_started: AtomicBool,
+        /// Bytes of its body B's handler has read.
+        b_read: AtomicUsize,
         gate: Mutex<bool>,
         opened: Condvar,
         /// The thread that ran A's reader while it blocked.
         blocked_on: Mutex<Option<String>>,
     }
     let shared = Arc::new(Shared {
+        produced: AtomicU64::new(0),
         b_started: AtomicBool::new(false),
+        b_read: AtomicUsize::new(0),
         gate: Mutex::new(false),
         opened: Condvar::new(),
         blocked_on: Mutex::new(None),
@@ -398,7 +417,6 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
 
     struct GateReader {
         shared: Arc<Shared>,
-        produced: u64,
     }
     impl Read for GateReader {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -414,28 +432,38 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
                     .unwrap();
                 return Ok(0);
             }
-            if self.produced >= 256 << 20 {
+            if self.shared.produced.load(Ordering::SeqCst) >= 256 << 20 {
                 return Ok(0);
             }
             buf.fill(b'a');
-            self.produced += buf.len() as u64;
+            self.shared
+                .produced
+                .fetch_add(buf.len() as u64, Ordering::SeqCst);
             Ok(buf.len())
         }
     }
 
     let s = shared.clone();
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(1),
         move |mut request: Request, _| {
             if request.uri().path() == "/stream" {
-                return Response::new(Body::wrap_reader(GateReader {
-                    shared: s.clone(),
-                    produced: 0,
-                }));
+                return Response::new(Body::wrap_reader(GateReader { shared: s.clone() }));
             }
             s.b_started.store(true, Ordering::SeqCst);
             let mut body = Vec::new();
-            let result = request.body_mut().reader().read_to_end(&mut body);
+            let mut reader = request.body_mut().reader();
+            let result = loop {
+                let mut buf = [0; 64];
+                match reader.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        body.extend_from_slice(&buf[..n]);
+                        s.b_read.fetch_add(n, Ordering::SeqCst);
+                    }
+                    Err(err) => break Err(err),
+                }
+            };
             *s.gate.lock().unwrap() = true;
             s.opened.notify_all();
             match result {
@@ -444,29 +472,29 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
             }
         },
     );
+    let addr = server.addr();
 
-    // A: a streamed response nobody reads yet; the server fills the socket.
+    // A: a streamed response nobody reads yet; the server fills the socket,
+    // and A's task waits for it to drain.
     let mut a = common::connect(addr);
     a.write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
         .unwrap();
-    thread::sleep(Duration::from_millis(500));
+    common::wait_until_stalled(server.handle(), &shared.produced);
 
     // B: a handler waiting for the rest of its body on the only worker.
     let mut b = RawConn::open(addr);
     b.send(
         b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !shared.b_started.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "B's handler never started");
-        thread::sleep(Duration::from_millis(5));
-    }
-    thread::sleep(Duration::from_millis(100));
+    common::wait_until(Duration::from_secs(5), "B's handler reads hello", || {
+        shared.b_read.load(Ordering::SeqCst) == 5
+    });
 
-    // A drains a little: its task is woken while the only worker is busy.
+    // A drains a little: its task is woken while the only worker is busy,
+    // and waits in the queue.
     let mut drained = vec![0; 1 << 20];
     a.read_exact(&mut drained).unwrap();
-    thread::sleep(Duration::from_millis(300));
+    common::wait_for_stats(server.handle(), "A's task queued", |s| s.queued > 0);
 
     // The rest of B's body, and B's answer.
     let start = Instant::now();
@@ -487,12 +515,13 @@ fn reserve_thread_blocked_in_wrap_reader_stalls_request_bodies() {
 /// so the client can skip sending the body.
 #[test]
 fn expect_100_continue_skipped_when_handler_does_not_read_body() {
-    let addr = common::start(common::server().max_workers(1), |_: Request, _| {
+    let server = common::start(common::server().max_workers(1), |_: Request, _| {
         ResponseBuilder::new()
             .status(413)
             .body(Body::new("too large"))
             .unwrap()
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(
         b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n",
@@ -515,7 +544,8 @@ fn expect_100_continue_skipped_when_handler_does_not_read_body() {
 /// read never arrived.
 #[test]
 fn handler_lifo_slot_strands_connection_task_body_never_arrives() {
-    let addr = start_counter(common::server());
+    let server = start_counter(common::server());
+    let addr = server.addr();
     let body = pattern_body(1 << 20);
     let mut conn = RawConn::open(addr);
     conn.send(
@@ -525,7 +555,10 @@ fn handler_lifo_slot_strands_connection_task_body_never_arrives() {
         )
         .as_bytes(),
     );
-    thread::sleep(Duration::from_millis(100));
+    // The body comes once the handler waits for it.
+    common::wait_for_stats(server.handle(), "the handler runs", |s| {
+        s.handlers_running == 1
+    });
     let start = Instant::now();
     conn.send(&body);
     let response = conn.read_response().unwrap();
@@ -547,9 +580,10 @@ const MIXED_LEN: usize = 1 << 20;
 /// another, iterates the rest and echoes it all; `writes` (the body, framed as
 /// `head` says) must come back as the pattern, byte for byte.
 fn dropped_body_reader_loses_rest_of_its_chunk(head: &str, writes: Vec<Vec<u8>>) {
-    let addr = common::start(common::server(), |request: Request, _| {
+    let server = common::start(common::server(), |request: Request, _| {
         common::echo_read_mixed(request)
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(head.as_bytes());
     for write in writes {
@@ -605,7 +639,7 @@ fn dropped_body_reader_loses_rest_of_its_chunk_many_small_chunks() {
 #[test]
 fn body_read_on_a_users_own_thread_with_every_worker_busy() {
     let server = common::server().max_workers(1);
-    let addr = common::start(server, |mut request: Request, _info| {
+    let server = common::start(server, |mut request: Request, _info| {
         let body = std::mem::take(request.body_mut());
         let reader = thread::spawn(move || {
             let mut body = body;
@@ -617,6 +651,7 @@ fn body_read_on_a_users_own_thread_with_every_worker_busy() {
             Err(err) => Response::new(Body::new(format!("error: {err}"))),
         }
     });
+    let addr = server.addr();
     let body = pattern_body(3 << 20);
     let want = expected(&body);
     let got = common::within(Duration::from_secs(20), "upload", move || {

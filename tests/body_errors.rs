@@ -13,10 +13,10 @@ use astra::{Body, ConnectionInfo, Request, Response, Server};
 use common::*;
 
 /// A server whose handler reads its whole body and reports how it ended.
-fn reporting(server: Server) -> (std::net::SocketAddr, mpsc::Receiver<io::Result<usize>>) {
+fn reporting(server: Server) -> (Started, mpsc::Receiver<io::Result<usize>>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let addr = start(
+    let server = start(
         server,
         move |mut request: Request, _info: ConnectionInfo| {
             let mut body = Vec::new();
@@ -25,7 +25,7 @@ fn reporting(server: Server) -> (std::net::SocketAddr, mpsc::Receiver<io::Result
             Response::new(Body::empty())
         },
     );
-    (addr, rx)
+    (server, rx)
 }
 
 fn kind_of(rx: &mpsc::Receiver<io::Result<usize>>) -> io::Error {
@@ -36,7 +36,8 @@ fn kind_of(rx: &mpsc::Receiver<io::Result<usize>>) -> io::Error {
 
 #[test]
 fn a_client_gone_mid_body_is_unexpected_eof() {
-    let (addr, rx) = reporting(server());
+    let (server, rx) = reporting(server());
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b");
     conn.stream().shutdown(std::net::Shutdown::Both).unwrap();
@@ -50,7 +51,8 @@ fn a_client_gone_mid_body_is_unexpected_eof() {
 
 #[test]
 fn a_malformed_chunked_body_is_invalid_data() {
-    let (addr, rx) = reporting(server());
+    let (server, rx) = reporting(server());
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(
         b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -61,7 +63,8 @@ fn a_malformed_chunked_body_is_invalid_data() {
 
 #[test]
 fn a_body_that_stops_coming_times_out() {
-    let (addr, rx) = reporting(server().body_read_timeout(Duration::from_millis(200)));
+    let (server, rx) = reporting(server().body_read_timeout(Duration::from_millis(200)));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nsome");
     let err = kind_of(&rx);
@@ -94,7 +97,8 @@ impl http_body::Body for PartThenFail {
 #[cfg(feature = "http2")]
 #[test]
 fn an_http2_stream_reset_mid_body_is_connection_reset() {
-    let (addr, rx) = reporting(server());
+    let (server, rx) = reporting(server());
+    let addr = server.addr();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

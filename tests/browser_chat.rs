@@ -330,7 +330,8 @@ fn two_browser_tabs_chat_through_the_server() {
     };
     let started = Instant::now();
     let room = ChatRoom::new();
-    let addr = start(server(), room.clone());
+    let server = start(server(), room.clone());
+    let addr = server.addr();
     let page = url(addr, "/");
     assert_eq!(get(addr, "/"), (200, PAGE.to_owned()));
 
@@ -396,7 +397,8 @@ fn two_browser_tabs_chat_through_the_server() {
 #[test]
 fn a_page_from_elsewhere_cannot_join() {
     let room = ChatRoom::new();
-    let addr = start(server(), room.clone());
+    let server = start(server(), room.clone());
+    let addr = server.addr();
     // The socket, or the status of the refusal.
     let handshake = |origin: Option<&str>| -> Result<WebSocket<TcpStream>, u16> {
         let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();

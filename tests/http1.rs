@@ -15,7 +15,7 @@ use common::{RawConn, RawResponse};
 
 fn start(
     service: impl Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
-) -> SocketAddr {
+) -> common::Started {
     common::start(common::server(), service)
 }
 
@@ -28,7 +28,8 @@ fn get_raw(addr: SocketAddr, path: &str) -> RawResponse {
 
 #[test]
 fn body_new_sends_exact_content_length_not_chunked() {
-    let addr = start(|_, _| Response::new(Body::new("Hello, World!")));
+    let server = start(|_, _| Response::new(Body::new("Hello, World!")));
+    let addr = server.addr();
     let response = get_raw(addr, "/");
     assert_eq!(response.status, 200, "{}", response.head);
     assert_eq!(
@@ -46,7 +47,8 @@ fn body_new_sends_exact_content_length_not_chunked() {
 
 #[test]
 fn body_empty_sends_content_length_zero() {
-    let addr = start(|_, _| Response::new(Body::empty()));
+    let server = start(|_, _| Response::new(Body::empty()));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
     let response = conn.read_response().unwrap();
@@ -64,12 +66,13 @@ fn body_empty_sends_content_length_zero() {
 
 #[test]
 fn wrap_reader_with_user_content_length_is_not_chunked() {
-    let addr = start(|_, _| {
+    let server = start(|_, _| {
         ResponseBuilder::new()
             .header("content-length", "100000")
             .body(Body::wrap_reader(common::Generated::new(100_000)))
             .unwrap()
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     for _ in 0..2 {
         conn.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
@@ -89,7 +92,8 @@ fn wrap_reader_with_user_content_length_is_not_chunked() {
 
 #[test]
 fn wrap_reader_without_length_is_chunked_in_http11() {
-    let addr = start(|_, _| Response::new(Body::wrap_reader(common::Generated::new(100_000))));
+    let server = start(|_, _| Response::new(Body::wrap_reader(common::Generated::new(100_000))));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     for _ in 0..2 {
         conn.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
@@ -104,7 +108,8 @@ fn wrap_reader_without_length_is_chunked_in_http11() {
 
 #[test]
 fn wrap_reader_to_http10_client_is_close_delimited() {
-    let addr = start(|_, _| Response::new(Body::wrap_reader(common::Generated::new(50_000))));
+    let server = start(|_, _| Response::new(Body::wrap_reader(common::Generated::new(50_000))));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.0\r\n\r\n");
     let (_, status, head, headers) = conn.read_head().unwrap();
@@ -121,8 +126,9 @@ fn wrap_reader_to_http10_client_is_close_delimited() {
 
 #[test]
 fn http10_keep_alive_request_works() {
-    let addr =
+    let server =
         start(|request, _| Response::new(Body::new(format!("path={}", request.uri().path()))));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     for i in 0..3 {
         conn.send(format!("GET /{i} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes());
@@ -143,7 +149,8 @@ fn http10_keep_alive_request_works() {
 
 #[test]
 fn http10_without_keep_alive_is_closed_after_response() {
-    let addr = start(|_, _| Response::new(Body::new("one")));
+    let server = start(|_, _| Response::new(Body::new("one")));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.0\r\n\r\n");
     let response = conn.read_response().unwrap();
@@ -157,7 +164,8 @@ fn http10_without_keep_alive_is_closed_after_response() {
 
 #[test]
 fn head_gets_headers_only() {
-    let addr = start(|_, _| Response::new(Body::new("Hello, World!")));
+    let server = start(|_, _| Response::new(Body::new("Hello, World!")));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n");
     let response = conn.read_response_to(true).unwrap();
@@ -178,7 +186,7 @@ fn head_does_not_need_to_read_wrap_reader() {
     // would never finish the response.
     let read_called = Arc::new(AtomicBool::new(false));
     let flag = read_called.clone();
-    let addr = start(move |request, _| {
+    let server = start(move |request, _| {
         if request.method() == "HEAD" {
             let flag = flag.clone();
             let endless = std::io::repeat(b'x').take(u64::MAX);
@@ -191,6 +199,7 @@ fn head_does_not_need_to_read_wrap_reader() {
             Response::new(Body::new("after head"))
         }
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let start = Instant::now();
     conn.send(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n");
@@ -223,7 +232,7 @@ fn head_does_not_need_to_read_wrap_reader() {
 
 #[test]
 fn pipelined_requests_answered_in_order() {
-    let addr = start(|request, _| {
+    let server = start(|request, _| {
         let path = request.uri().path().to_string();
         // The first request is the slowest: answers must still come in order.
         let delay = match path.as_str() {
@@ -234,6 +243,7 @@ fn pipelined_requests_answered_in_order() {
         std::thread::sleep(Duration::from_millis(delay));
         Response::new(Body::new(path))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let mut requests = Vec::new();
     for i in 1..=4 {
@@ -254,12 +264,13 @@ fn pipelined_requests_answered_in_order() {
 
 #[test]
 fn peer_addr_matches_client_local_addr() {
-    let addr = start(|_, info| {
+    let server = start(|_, info| {
         Response::new(Body::new(
             info.peer_addr()
                 .map_or_else(|| "none".to_string(), |a| a.to_string()),
         ))
     });
+    let addr = server.addr();
     for _ in 0..3 {
         let mut conn = RawConn::open(addr);
         let local = conn.stream().local_addr().unwrap();
@@ -271,11 +282,12 @@ fn peer_addr_matches_client_local_addr() {
 
 #[test]
 fn post_body_echoed_through_ureq() {
-    let addr = start(|mut request, _| {
+    let server = start(|mut request, _| {
         let mut body = Vec::new();
         request.body_mut().reader().read_to_end(&mut body).unwrap();
         Response::new(Body::new(body))
     });
+    let addr = server.addr();
     let mut response = common::agent()
         .post(&common::url(addr, "/echo"))
         .send(&b"some request body"[..])
@@ -292,7 +304,8 @@ fn post_body_echoed_through_ureq() {
 /// must be attempted anyway, or the connection waits forever.
 #[test]
 fn lost_first_event_500_sequential_connections_all_answered() {
-    let addr = start(|_, _| Response::new(Body::new("ok")));
+    let server = start(|_, _| Response::new(Body::new("ok")));
+    let addr = server.addr();
     let per_request = Duration::from_secs(2);
     let started = Instant::now();
     for i in 0..500 {
@@ -319,7 +332,8 @@ fn lost_first_event_500_sequential_connections_all_answered() {
 /// connection itself right after its response.
 #[test]
 fn lost_first_event_500_sequential_keep_alive_connections() {
-    let addr = start(|_, _| Response::new(Body::new("ok")));
+    let server = start(|_, _| Response::new(Body::new("ok")));
+    let addr = server.addr();
     for i in 0..500 {
         let mut conn = RawConn::new(common::connect_with_timeout(addr, Duration::from_secs(2)));
         conn.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
@@ -332,7 +346,8 @@ fn lost_first_event_500_sequential_keep_alive_connections() {
 
 #[test]
 fn two_hundred_pipelined_requests_in_one_write_answered_in_order() {
-    let addr = start(|request, _| Response::new(Body::new(request.uri().path().to_string())));
+    let server = start(|request, _| Response::new(Body::new(request.uri().path().to_string())));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let mut requests = Vec::new();
     for i in 0..200 {

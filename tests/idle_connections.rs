@@ -37,10 +37,11 @@ fn idle_keep_alive_connections_hold_no_thread() {
     );
 
     let baseline = common::threads();
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(MAX_WORKERS as usize),
         |_, _| Response::new(Body::new("ok")),
     );
+    let addr = server.addr();
 
     // Open the connections in batches (the listen backlog is finite): connect
     // and send a request on each, then read each response.
@@ -67,7 +68,9 @@ fn idle_keep_alive_connections_hold_no_thread() {
         "{conns} kept-alive connections opened in {:?}",
         start.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_for_stats(server.handle(), "every connection idle", |s| {
+        s.http1_connections == conns && s.requests_in_flight == 0 && s.handlers_running == 0
+    });
 
     // A new client is answered quickly.
     let t = Instant::now();
@@ -101,9 +104,10 @@ fn idle_keep_alive_connections_hold_no_thread() {
 /// normal request.
 #[test]
 fn partial_request_heads_hold_no_worker() {
-    let addr = common::start(common::server().max_workers(1), |_, _| {
+    let server = common::start(common::server().max_workers(1), |_, _| {
         Response::new(Body::new("ok"))
     });
+    let addr = server.addr();
     let mut stalled = Vec::new();
     for i in 0..200 {
         let mut conn = RawConn::open(addr);
@@ -119,7 +123,10 @@ fn partial_request_heads_hold_no_worker() {
         conn.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         stalled.push(conn);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Every one is accepted and waits for the rest of its request.
+    common::wait_for_stats(server.handle(), "all stalled connections open", |s| {
+        s.http1_connections + s.http2_connections == stalled.len()
+    });
     for _ in 0..5 {
         let t = Instant::now();
         assert_eq!(common::get(addr, "/"), (200, "ok".to_string()));

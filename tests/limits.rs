@@ -10,9 +10,10 @@ use common::*;
 
 #[test]
 fn at_max_connections_new_clients_wait_until_one_closes() {
-    let addr = start(server().max_connections(2), |_req, _info| {
+    let server = start(server().max_connections(2), |_req, _info| {
         Response::new(Body::new("ok"))
     });
+    let addr = server.addr();
     let mut first = RawConn::open(addr);
     let mut second = RawConn::open(addr);
     for conn in [&mut first, &mut second] {
@@ -40,7 +41,7 @@ fn serves_on_an_existing_listener() {
     let addr = listener.local_addr().unwrap();
     let server = Server::from_listener(listener);
     assert_eq!(server.local_addr().unwrap(), addr);
-    start(server, |_req, _info| {
+    let _server = start(server, |_req, _info| {
         Response::new(Body::new("from a listener"))
     });
     assert_eq!(get(addr, "/"), (200, "from a listener".to_string()));
@@ -55,7 +56,8 @@ fn request_with_header_of(len: usize) -> Vec<u8> {
 
 #[test]
 fn request_heads_over_64_kib_are_refused_by_default() {
-    let addr = start(server(), |_req, _info| Response::new(Body::new("ok")));
+    let server = start(server(), |_req, _info| Response::new(Body::new("ok")));
+    let addr = server.addr();
     let response = raw_request(addr, &request_with_header_of(60 * 1024));
     assert_eq!(response.status, 200);
     let response = raw_request(addr, &request_with_header_of(70 * 1024));
@@ -65,7 +67,8 @@ fn request_heads_over_64_kib_are_refused_by_default() {
 #[test]
 fn http1_max_header_size_is_tunable() {
     let server = server().http1_max_header_size(200 * 1024);
-    let addr = start(server, |_req, _info| Response::new(Body::new("ok")));
+    let server = start(server, |_req, _info| Response::new(Body::new("ok")));
+    let addr = server.addr();
     let response = raw_request(addr, &request_with_header_of(150 * 1024));
     assert_eq!(response.status, 200);
 }

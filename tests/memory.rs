@@ -39,7 +39,7 @@ fn upload_1gib_streams_with_bounded_memory() {
         common::run_in_child(TEST, Duration::from_secs(120));
         return;
     }
-    let addr = common::start(
+    let server = common::start(
         common::server().max_workers(4),
         |mut request: Request, _| {
             let mut len = 0u64;
@@ -57,6 +57,7 @@ fn upload_1gib_streams_with_bounded_memory() {
             Response::new(Body::new(format!("len={len}")))
         },
     );
+    let addr = server.addr();
     // Warm up: threads, buffers.
     assert_eq!(common::get(addr, "/").1, "len=0");
     let (rss_before, hwm_before) = (common::rss_kib(), common::hwm_kib());
@@ -82,13 +83,14 @@ fn download_1gib_to_slow_client_streams_with_bounded_memory() {
         common::run_in_child(TEST, Duration::from_secs(120));
         return;
     }
-    let addr = common::start(common::server(), |request: Request, _| {
+    let server = common::start(common::server(), |request: Request, _| {
         if request.uri().path() == "/warm" {
             return Response::new(Body::new("warm"));
         }
         // Chunked: no length known, the reader is the only source of truth.
         Response::new(Body::wrap_reader(common::Generated::new(GIB)))
     });
+    let addr = server.addr();
     assert_eq!(common::get(addr, "/warm").1, "warm");
     let (rss_before, hwm_before) = (common::rss_kib(), common::hwm_kib());
 

@@ -140,11 +140,9 @@ http {{
         .spawn()
         .expect("start nginx");
     let nginx = Nginx { child, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start listening");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "nginx starts listening", || {
+        TcpStream::connect(listen).is_ok()
+    });
     (nginx, listen)
 }
 
@@ -247,7 +245,12 @@ fn behind_nginx_nothing_is_lost_not_even_during_shutdown() {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(500));
+    // Under load: the phase's requests reach astra.
+    wait_until(
+        Duration::from_secs(10),
+        "phase 2 load reaches astra",
+        || handled.load(Ordering::SeqCst) >= before + 100,
+    );
     handle.shutdown();
     join_within(serving, Duration::from_secs(25), "serve after shutdown")
         .expect("serve returns Ok");

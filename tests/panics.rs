@@ -32,7 +32,7 @@ impl Read for PanickingReader {
 
 /// `/panic` panics, `/sleep/MS` sleeps, `/reader-panic` streams then panics
 /// (chunked), `/reader-panic-length` the same with a Content-Length.
-fn start(server: Server) -> SocketAddr {
+fn start(server: Server) -> common::Started {
     common::quiet_intentional_panics();
     common::start(server, |request: Request, _| {
         let path = request.uri().path();
@@ -60,7 +60,8 @@ fn start(server: Server) -> SocketAddr {
 
 #[test]
 fn panicking_handler_gets_500() {
-    let addr = start(common::server());
+    let server = start(common::server());
+    let addr = server.addr();
     for path in ["/panic", "/panic-string"] {
         let mut conn = RawConn::open(addr);
         conn.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
@@ -77,7 +78,8 @@ fn panicking_handler_gets_500() {
 
 #[test]
 fn thousand_panics_lose_no_worker() {
-    let addr = start(common::server().max_workers(4));
+    let server = start(common::server().max_workers(4));
+    let addr = server.addr();
     // The same check before any panic, so a failure below is the panics' doing.
     let took = four_sleepers(addr);
     assert!(
@@ -122,7 +124,8 @@ fn four_sleepers(addr: SocketAddr) -> Duration {
 
 #[test]
 fn panicking_wrap_reader_aborts_only_that_response() {
-    let addr = start(common::server().max_workers(1));
+    let server = start(common::server().max_workers(1));
+    let addr = server.addr();
     for round in 0..5 {
         // Chunked: the body must not end with the last chunk; the connection closes.
         let mut conn = RawConn::open(addr);
@@ -162,7 +165,8 @@ fn panicking_wrap_reader_aborts_only_that_response() {
 
 #[test]
 fn panicking_wrap_reader_does_not_disturb_other_connections() {
-    let addr = start(common::server().max_workers(2));
+    let server = start(common::server().max_workers(2));
+    let addr = server.addr();
     let mut keep = RawConn::open(addr);
     keep.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
     assert_eq!(keep.read_response().unwrap().body_str(), "fine");
@@ -193,13 +197,14 @@ fn failing_wrap_reader_aborts_only_that_response() {
             Ok(n)
         }
     }
-    let addr = common::start(common::server().max_workers(1), |request: Request, _| {
+    let server = common::start(common::server().max_workers(1), |request: Request, _| {
         if request.uri().path() == "/fail" {
             Response::new(Body::wrap_reader(Failing(1 << 20)))
         } else {
             Response::new(Body::new("fine"))
         }
     });
+    let addr = server.addr();
     for _ in 0..3 {
         let mut conn = RawConn::open(addr);
         conn.send(b"GET /fail HTTP/1.1\r\nHost: test\r\n\r\n");

@@ -37,6 +37,7 @@ fn in_flight_requests_finish_and_new_connections_are_refused() {
         .shutdown_timeout(Duration::from_secs(20));
     let (addr, handle, serving) = start_stoppable(server, move |_req, _info| {
         counter.fetch_add(1, Ordering::SeqCst);
+        // Still running when the shutdown starts.
         thread::sleep(Duration::from_millis(800));
         Response::new(Body::new(vec![b'x'; BODY_LEN]))
     });
@@ -52,11 +53,9 @@ fn in_flight_requests_finish_and_new_connections_are_refused() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while started.load(Ordering::SeqCst) < IN_FLIGHT {
-        assert!(Instant::now() < deadline, "handlers did not all start");
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(10), "every handler starts", || {
+        started.load(Ordering::SeqCst) == IN_FLIGHT
+    });
     let shutdown_at = Instant::now();
     handle.shutdown();
     let result = join_within(serving, Duration::from_secs(15), "serve after shutdown");
@@ -93,6 +92,7 @@ fn idle_keep_alive_connections_close_at_once() {
 fn shutdown_timeout_bounds_the_drain() {
     let server = server().shutdown_timeout(Duration::from_millis(500));
     let (addr, handle, serving) = start_stoppable(server, |_req, _info| {
+        // Longer than the drain may last.
         thread::sleep(Duration::from_secs(5));
         Response::new(Body::new("too late"))
     });
@@ -100,7 +100,7 @@ fn shutdown_timeout_bounds_the_drain() {
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    thread::sleep(Duration::from_millis(200));
+    wait_for_stats(&handle, "the handler runs", |s| s.handlers_running == 1);
     let started = Instant::now();
     handle.shutdown();
     join_within(serving, Duration::from_secs(4), "serve").unwrap();
@@ -133,6 +133,7 @@ fn serve_returned_while_handlers_still_ran_on_detached_threads() {
     let server = server().shutdown_timeout(Duration::from_millis(100));
     let (addr, handle, serving) = start_stoppable(server, move |_req, _info| {
         started_tx.send(()).unwrap();
+        // Past the drain, within the grace after it.
         thread::sleep(Duration::from_millis(600));
         done.fetch_add(1, Ordering::SeqCst);
         Response::new(Body::new("late"))
@@ -164,6 +165,7 @@ fn shutdown_timeout_none_waits_for_a_slow_handler() {
     let server = server().shutdown_timeout(None);
     let (addr, handle, serving) = start_stoppable(server, move |_req, _info| {
         started_tx.send(()).unwrap();
+        // Slower than the test would wait for nothing.
         thread::sleep(Duration::from_millis(1500));
         Response::new(Body::new(vec![b'x'; BODY_LEN]))
     });
@@ -208,6 +210,7 @@ fn http2_connection_gets_goaway_and_finishes_its_stream() {
     use http_body_util::{BodyExt, Empty};
 
     let (addr, handle, serving) = start_stoppable(server(), |_req, _info| {
+        // Still running when the shutdown starts.
         thread::sleep(Duration::from_millis(500));
         Response::new(Body::new("finished"))
     });
@@ -228,7 +231,13 @@ fn http2_connection_gets_goaway_and_finishes_its_stream() {
             .body(Empty::<Bytes>::new())
             .unwrap();
         let response = tokio::spawn(sender.send_request(request));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The stream's handler runs (polled without blocking the runtime,
+        // which sends the request).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.stats().handlers_running == 0 {
+            assert!(Instant::now() < deadline, "the stream's handler never ran");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         handle.shutdown();
         let response = tokio::time::timeout(Duration::from_secs(5), response)
             .await

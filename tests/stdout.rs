@@ -14,8 +14,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use astra::{Body, Request, Response};
 
@@ -69,17 +68,15 @@ fn child() {
 }
 
 fn wait_for_addr(dir: &std::path::Path, child: &mut common::ChildGuard) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(dir.join("addr")) {
-            if let Ok(addr) = text.trim().parse() {
-                return addr;
-            }
-        }
+    let mut addr = None;
+    common::wait_until(Duration::from_secs(30), "the child starts", || {
         assert!(child.is_running(), "the child exited early");
-        assert!(Instant::now() < deadline, "the child never started");
-        thread::sleep(Duration::from_millis(20));
-    }
+        addr = std::fs::read_to_string(dir.join("addr"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        addr.is_some()
+    });
+    addr.unwrap()
 }
 
 #[test]
@@ -119,10 +116,13 @@ fn library_prints_nothing_to_stdout() {
     }
     #[cfg(feature = "http2")]
     {
-        // An HTTP/2 preface with nothing after it, then a close.
+        // An HTTP/2 preface with nothing after it, then a close once the
+        // server has answered with its SETTINGS frame's header.
         let mut stream = common::connect_with_timeout(addr, Duration::from_secs(2));
         let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        thread::sleep(Duration::from_millis(50));
+        let mut frame_head = [0; 9];
+        stream.read_exact(&mut frame_head).unwrap();
+        assert_eq!(frame_head[3], 0x4, "a SETTINGS frame: {frame_head:?}");
     }
     assert_eq!(common::get(addr, "/"), (200, "ok".to_string()));
 

@@ -1,5 +1,7 @@
 //! `astra::test`: services called without a socket, and a test server that
-//! stops when dropped.
+//! stops when dropped; and the integration tests' own fixture around it.
+
+mod common;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -431,4 +433,38 @@ mod websocket {
         assert_eq!(accepted.status(), 101);
         accepted.into_websocket().unwrap();
     }
+}
+
+/// `common::start`'s guard fails the test whose server could not start, which
+/// `TestServer` alone would not tell: here `serve` finds no descriptor left
+/// for its poller. In a child process, since the descriptor limit is the
+/// whole process's.
+#[test]
+fn the_fixture_fails_a_test_whose_server_could_not_start() {
+    const TEST: &str = "the_fixture_fails_a_test_whose_server_could_not_start";
+    if !common::is_child(TEST) {
+        common::run_in_child(TEST, Duration::from_secs(30));
+        return;
+    }
+    let server = common::server();
+    let soft = common::raise_nofile(0);
+    common::set_nofile_soft(0);
+    let started = common::start(server, |_r: Request, _i: ConnectionInfo| {
+        Response::new(Body::empty())
+    });
+    common::wait_until(Duration::from_secs(10), "serve fails", || {
+        started.ended_on_its_own()
+    });
+    common::set_nofile_soft(soft);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(started)));
+    let panic = dropped.expect_err("dropping the guard fails the test");
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .expect("a message");
+    assert!(
+        message.contains("serve returned before the test stopped it"),
+        "{message}"
+    );
 }

@@ -6,12 +6,14 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use astra::{Body, Response};
+use astra::{Body, CloseReason, Response};
 use common::*;
 
 fn hello(_request: astra::Request, _info: astra::ConnectionInfo) -> Response {
@@ -27,13 +29,14 @@ fn read_until_close(stream: &mut TcpStream, started: Instant) -> (Vec<u8>, Durat
     }
 }
 
-fn short_header_timeout(timeout: Duration) -> SocketAddr {
+fn short_header_timeout(timeout: Duration) -> Started {
     start(server().http1_header_read_timeout(timeout), hello)
 }
 
 #[test]
 fn silent_connection_is_closed_after_header_read_timeout() {
-    let addr = short_header_timeout(Duration::from_millis(300));
+    let server = short_header_timeout(Duration::from_millis(300));
+    let addr = server.addr();
     let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
     let started = Instant::now();
     let (received, elapsed) = read_until_close(&mut stream, started);
@@ -49,7 +52,8 @@ fn silent_connection_is_closed_after_header_read_timeout() {
 #[test]
 fn partial_http2_preface_is_closed_after_header_read_timeout() {
     // hyper-util's auto builder runs no timer while it reads the preface; ours must.
-    let addr = short_header_timeout(Duration::from_millis(300));
+    let server = short_header_timeout(Duration::from_millis(300));
+    let addr = server.addr();
     let mut stream = connect_with_timeout(addr, Duration::from_secs(5));
     stream.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
     let started = Instant::now();
@@ -59,7 +63,8 @@ fn partial_http2_preface_is_closed_after_header_read_timeout() {
 
 #[test]
 fn byte_by_byte_head_is_closed_after_header_read_timeout() {
-    let addr = short_header_timeout(Duration::from_millis(500));
+    let server = short_header_timeout(Duration::from_millis(500));
+    let addr = server.addr();
     let stream = connect_with_timeout(addr, Duration::from_secs(5));
     let started = Instant::now();
     let mut writer = stream.try_clone().unwrap();
@@ -89,8 +94,10 @@ fn byte_by_byte_head_is_closed_after_header_read_timeout() {
 
 #[test]
 fn a_slow_but_timely_head_is_answered() {
-    let addr = short_header_timeout(Duration::from_millis(800));
+    let server = short_header_timeout(Duration::from_millis(800));
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
+    // The workload: a head in pieces, 400 ms in all, within the timeout.
     conn.send(b"GET / HTTP/1.1\r\n");
     thread::sleep(Duration::from_millis(200));
     conn.send(b"Host: x\r\n");
@@ -104,10 +111,12 @@ fn a_slow_but_timely_head_is_answered() {
 #[test]
 fn header_read_timeout_does_not_cut_slow_handlers() {
     let server = server().http1_header_read_timeout(Duration::from_millis(200));
-    let addr = start(server, |_req, _info| {
+    let server = start(server, |_req, _info| {
+        // Longer than the header read timeout.
         thread::sleep(Duration::from_millis(700));
         Response::new(Body::new("slow"))
     });
+    let addr = server.addr();
     let response = raw_request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, 200);
     assert_eq!(response.body_str(), "slow");
@@ -118,7 +127,8 @@ fn idle_keep_alive_connection_is_closed_after_keep_alive_timeout() {
     let server = server()
         .http1_header_read_timeout(Duration::from_secs(10))
         .http1_keep_alive_timeout(Duration::from_millis(400));
-    let addr = start(server, hello);
+    let server = start(server, hello);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     // Requests spaced closer than the timeout keep the connection open.
     for _ in 0..3 {
@@ -146,7 +156,8 @@ fn keep_alive_timeout_off_keeps_idle_connections() {
     let server = server()
         .http1_header_read_timeout(Duration::from_millis(200))
         .http1_keep_alive_timeout(None);
-    let addr = start(server, hello);
+    let server = start(server, hello);
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(conn.read_response().unwrap().status, 200);
@@ -168,25 +179,43 @@ impl Read for Zeros {
     }
 }
 
+/// [`Zeros`] that counts what it produced.
+struct CountedZeros {
+    zeros: Zeros,
+    produced: Arc<AtomicU64>,
+}
+
+impl Read for CountedZeros {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.zeros.read(buf)?;
+        self.produced.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
 #[test]
 fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() {
     const BIG: usize = 256 * 1024 * 1024;
-    let server = server()
-        .max_workers(1)
-        .send_timeout(Duration::from_millis(400));
-    let addr = start(server, |request: astra::Request, _info| {
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = produced.clone();
+    let server = server().max_workers(1).send_timeout(Duration::from_secs(1));
+    let server = start(server, move |request: astra::Request, _info| {
         if request.uri().path() == "/big" {
-            Response::new(Body::wrap_reader(Zeros(BIG)))
+            Response::new(Body::wrap_reader(CountedZeros {
+                zeros: Zeros(BIG),
+                produced: counter.clone(),
+            }))
         } else {
             Response::new(Body::new("small"))
         }
     });
+    let addr = server.addr();
     let mut stalled = connect_with_timeout(addr, Duration::from_secs(10));
     stalled
         .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     // Never read: the socket buffers fill, then writes block.
-    thread::sleep(Duration::from_millis(300));
+    wait_until_stalled(server.handle(), &produced);
     // The only worker is free: the blocked response holds no thread.
     let started = Instant::now();
     let response = raw_request(
@@ -195,7 +224,15 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
     );
     assert_eq!(response.body_str(), "small");
     assert!(started.elapsed() < Duration::from_secs(2));
-    thread::sleep(Duration::from_millis(1500));
+    let stats = server.handle().stats();
+    assert_eq!(
+        stats.closed_for(CloseReason::SendTimeout),
+        0,
+        "answered only once the send timeout had closed the stalled response: {stats:?}"
+    );
+    wait_for_stats(server.handle(), "the send timeout fires", |s| {
+        s.closed_for(CloseReason::SendTimeout) == 1
+    });
     let (received, _) = read_until_close(&mut stalled, Instant::now());
     assert!(
         received.len() < BIG,
@@ -204,37 +241,55 @@ fn stalled_reader_is_disconnected_after_send_timeout_without_holding_a_worker() 
     );
 }
 
+/// A reader that pauses before each read until `until`: a client slower
+/// than the server, but never silent for long.
+struct Paced<R> {
+    inner: R,
+    pause: Duration,
+    until: Instant,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() < self.until {
+            thread::sleep(self.pause);
+        }
+        self.inner.read(buf)
+    }
+}
+
 #[test]
 fn slow_but_steady_reader_gets_the_whole_response() {
-    const LEN: usize = 8 * 1024 * 1024;
+    const LEN: u64 = 8 * 1024 * 1024;
     let server = server().send_timeout(Duration::from_millis(500));
-    let addr = start(server, |_req, _info| {
-        Response::new(Body::wrap_reader(Zeros(LEN)))
+    let server = start(server, |_req, _info| {
+        Response::new(Body::wrap_reader(Generated::new(LEN)))
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let (_, status, _, _) = conn.read_head().unwrap();
-    assert_eq!(status, 200);
-    // Read in small steps with pauses shorter than the send timeout.
-    let mut total = 0;
-    let mut buf = vec![0u8; 512 * 1024];
-    let mut raw = Vec::new();
-    let started = Instant::now();
-    loop {
-        let n = conn.reader.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n;
-        raw.extend_from_slice(&buf[..n]);
-        if started.elapsed() < Duration::from_secs(2) {
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let (_, status, head, headers) = conn.read_head().unwrap();
+    assert_eq!(status, 200, "{head}");
     assert!(
-        total > LEN,
-        "chunked body of {LEN} bytes cut short at {total}"
+        headers.contains(&("transfer-encoding".into(), "chunked".into())),
+        "{head}"
     );
+    // For 2 s, reads of at most 512 KiB with pauses shorter than the send
+    // timeout; then as fast as it comes.
+    let mut paced = BufReader::with_capacity(
+        512 * 1024,
+        Paced {
+            inner: &mut conn.reader,
+            pause: Duration::from_millis(100),
+            until: Instant::now() + Duration::from_secs(2),
+        },
+    );
+    let body = decode_chunked(&mut paced).expect("the whole chunked body");
+    assert_eq!(body.len() as u64, LEN, "bytes received");
+    assert_whole_pattern(&body);
+    assert!(paced.buffer().is_empty(), "nothing after the last chunk");
+    drop(paced);
+    assert_eq!(conn.read_to_close().unwrap(), b"", "then the close");
 }
 
 #[cfg(feature = "http2")]
@@ -243,7 +298,7 @@ mod http2_ping {
 
     /// Opens an HTTP/2 connection that never answers PINGs, and returns how
     /// long until the server closed it (or `None` if it stayed open `limit`).
-    fn unresponsive_http2_client(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+    fn unresponsive_http2_client(addr: std::net::SocketAddr, limit: Duration) -> Option<Duration> {
         let mut stream = connect_with_timeout(addr, limit);
         stream
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -269,7 +324,8 @@ mod http2_ping {
         let server = server()
             .http2_keep_alive_interval(Duration::from_millis(200))
             .http2_keep_alive_timeout(Duration::from_millis(300));
-        let addr = start(server, hello);
+        let server = start(server, hello);
+        let addr = server.addr();
         let closed = unresponsive_http2_client(addr, Duration::from_secs(5))
             .expect("the server should close a peer that ignores PINGs");
         assert!(closed < Duration::from_secs(3), "closed late: {closed:?}");
@@ -283,7 +339,8 @@ mod http2_ping {
         let server = server()
             .http2_keep_alive_interval(Duration::from_millis(200))
             .http2_keep_alive_timeout(None);
-        let addr = start(server, hello);
+        let server = start(server, hello);
+        let addr = server.addr();
         assert_eq!(
             unresponsive_http2_client(addr, Duration::from_millis(1500)),
             None,
@@ -293,7 +350,8 @@ mod http2_ping {
 
     #[test]
     fn without_pings_the_same_connection_stays_open() {
-        let addr = start(server(), hello);
+        let server = start(server(), hello);
+        let addr = server.addr();
         assert_eq!(
             unresponsive_http2_client(addr, Duration::from_millis(1500)),
             None,
@@ -309,7 +367,8 @@ fn slowloris_connections_are_reaped_while_real_clients_are_served() {
     let slow = SLOW.min((limit as usize).saturating_sub(512) / 2);
     assert!(slow >= 200, "cannot open enough descriptors: limit {limit}");
     let server = server().http1_header_read_timeout(Duration::from_secs(1));
-    let addr = start(server, hello);
+    let server = start(server, hello);
+    let addr = server.addr();
     let started = Instant::now();
     let mut attackers = Vec::with_capacity(slow);
     for _ in 0..slow {
@@ -335,6 +394,7 @@ fn slowloris_connections_are_reaped_while_real_clients_are_served() {
                 answered += 1;
             }
         }
+        // The attack's pace: a header line per connection every 100 ms.
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
@@ -367,7 +427,7 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
     let server = server()
         .max_workers(1)
         .body_read_timeout(Duration::from_millis(400));
-    let addr = start(server, |mut request: astra::Request, _info| {
+    let server = start(server, |mut request: astra::Request, _info| {
         let mut body = Vec::new();
         match request.body_mut().reader().read_to_end(&mut body) {
             Ok(n) => Response::new(Body::new(format!("read {n}"))),
@@ -378,6 +438,7 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
             Err(err) => Response::new(Body::new(format!("error {err}"))),
         }
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     // Promise 100 bytes, send 10, then stall.
     conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789");
@@ -408,13 +469,14 @@ fn a_stalled_request_body_times_out_and_frees_the_worker() {
 #[test]
 fn body_read_timeout_message_printed_the_option() {
     let server = server().body_read_timeout(Duration::from_millis(300));
-    let addr = start(server, |mut request: astra::Request, _info| {
+    let server = start(server, |mut request: astra::Request, _info| {
         let mut body = Vec::new();
         match request.body_mut().reader().read_to_end(&mut body) {
             Ok(n) => Response::new(Body::new(format!("read {n}"))),
             Err(err) => Response::new(Body::new(format!("{:?}: {err}", err.kind()))),
         }
     });
+    let addr = server.addr();
     let response = raw_request(
         addr,
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
@@ -428,13 +490,14 @@ fn body_read_timeout_message_printed_the_option() {
 #[test]
 fn a_slow_but_steady_request_body_is_read_whole() {
     let server = server().body_read_timeout(Duration::from_millis(500));
-    let addr = start(server, |mut request: astra::Request, _info| {
+    let server = start(server, |mut request: astra::Request, _info| {
         let mut body = Vec::new();
         match request.body_mut().reader().read_to_end(&mut body) {
             Ok(n) => Response::new(Body::new(format!("read {n}"))),
             Err(err) => Response::new(Body::new(format!("error {err}"))),
         }
     });
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n");
     // Slower overall than the timeout, but never silent for that long.

@@ -120,8 +120,8 @@ fn tls_config(issued: &Issued) -> TlsConfig {
     TlsConfig::from_pem_files(&issued.cert, &issued.key).expect("load the test certificate")
 }
 
-/// Starts `server` with TLS on a background thread; returns its address.
-fn start_tls<F>(server: Server, tls: TlsConfig, handler: F) -> SocketAddr
+/// Starts `server` with TLS on a background thread.
+fn start_tls<F>(server: Server, tls: TlsConfig, handler: F) -> common::Started
 where
     F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
 {
@@ -191,7 +191,8 @@ fn curl_over_http1_sees_tls_1_3_sni_and_alpn() {
     need_curl!();
     let pki = Pki::new("http1");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server(), tls_config(&cert), describe);
+    let server = start_tls(common::server(), tls_config(&cert), describe);
+    let addr = server.addr();
     let ca = pki.ca_pem();
     let url = https(addr, "/");
     let out = curl_ok(&[
@@ -213,7 +214,8 @@ fn tls_1_2_is_served_too() {
     need_curl!();
     let pki = Pki::new("tls12");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server(), tls_config(&cert), describe);
+    let server = start_tls(common::server(), tls_config(&cert), describe);
+    let addr = server.addr();
     let ca = pki.ca_pem();
     let url = https(addr, "/");
     let out = curl_ok(&[
@@ -236,7 +238,8 @@ fn curl_http2_is_chosen_by_alpn() {
     need_curl!();
     let pki = Pki::new("h2");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server(), tls_config(&cert), describe);
+    let server = start_tls(common::server(), tls_config(&cert), describe);
+    let addr = server.addr();
     let ca = pki.ca_pem();
     let url = https(addr, "/");
     let out = curl_ok(&[
@@ -259,7 +262,8 @@ fn http1_only_offers_only_http1_over_alpn() {
     need_curl!();
     let pki = Pki::new("h1only");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server().http1_only(), tls_config(&cert), describe);
+    let server = start_tls(common::server().http1_only(), tls_config(&cert), describe);
+    let addr = server.addr();
     let ca = pki.ca_pem();
     let url = https(addr, "/");
     let out = curl_ok(&[
@@ -285,7 +289,8 @@ fn certificates_are_chosen_by_server_name() {
         .unwrap()
         .with_server_name("B.Test", &b.cert, &b.key)
         .unwrap();
-    let addr = start_tls(common::server(), tls, describe);
+    let server = start_tls(common::server(), tls, describe);
+    let addr = server.addr();
     let ca = pki.ca_pem();
     // curl checks that the certificate it gets is valid for the name it asked
     // for: each answer proves the right certificate was chosen.
@@ -376,7 +381,8 @@ fn big_bodies(request: Request, _info: ConnectionInfo) -> Response {
 fn big_bodies_over(version: &str) {
     let pki = Pki::new(&format!("big{version}"));
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server(), tls_config(&cert), big_bodies);
+    let server = start_tls(common::server(), tls_config(&cert), big_bodies);
+    let addr = server.addr();
     let ca = pki.ca_pem();
     let download = pki.dir.join("download.bin");
     let upload = pki.dir.join("upload.bin");
@@ -436,7 +442,7 @@ fn a_client_certificate_is_visible_to_the_handler() {
         .with_single_cert(chain, key)
         .unwrap();
     let expected = client.der.clone();
-    let addr = start_tls(
+    let server = start_tls(
         common::server(),
         TlsConfig::from(config),
         move |_req, info| {
@@ -450,6 +456,7 @@ fn a_client_certificate_is_visible_to_the_handler() {
             Response::new(Body::new(format!("same={same}")))
         },
     );
+    let addr = server.addr();
     let ca = pki.ca_pem();
     let resolve = resolve(addr, "localhost");
     let url = https(addr, "/");
@@ -555,9 +562,8 @@ fn reload_under_load_fails_no_handshake_and_keeps_open_connections() {
     let pki = Pki::new("reload");
     let first = pki.server("first", &["localhost"]);
     let second = pki.server("second", &["localhost"]);
-    let server = common::server().tls(tls_config(&first));
-    let handle = server.handle();
-    let addr = common::start(server, describe);
+    let server = common::start(common::server().tls(tls_config(&first)), describe);
+    let (addr, handle) = (server.addr(), server.handle());
     let config = pki.client_config();
     let name = ServerName::try_from("localhost").unwrap();
 
@@ -587,12 +593,12 @@ fn reload_under_load_fails_no_handshake_and_keeps_open_connections() {
         .collect();
     for i in 0..20 {
         let next = if i % 2 == 0 { &second } else { &first };
-        // Wait for a few handshakes between reloads (bounded).
+        // A few handshakes between reloads; a client that stopped has an
+        // error to tell when joined below.
         let target = handshakes.load(Ordering::Relaxed) + 5;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handshakes.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            thread::yield_now();
-        }
+        common::wait_until(Duration::from_secs(10), "handshakes go on", || {
+            handshakes.load(Ordering::Relaxed) >= target || clients.iter().any(|c| c.is_finished())
+        });
         handle.reload_tls(tls_config(next)).unwrap();
     }
     stop.store(true, Ordering::Relaxed);
@@ -626,7 +632,8 @@ fn a_stalled_handshake_is_closed_by_the_header_read_timeout() {
     let pki = Pki::new("stalled");
     let cert = pki.server("localhost", &["localhost"]);
     let server = common::server().http1_header_read_timeout(Duration::from_millis(500));
-    let addr = start_tls(server, tls_config(&cert), describe);
+    let server = start_tls(server, tls_config(&cert), describe);
+    let addr = server.addr();
     // One sends nothing, one half a ClientHello.
     let silent = common::connect(addr);
     let mut half = common::connect(addr);
@@ -666,7 +673,8 @@ fn client_hello(pki: &Pki) -> Vec<u8> {
 fn close_notify_right_after_the_client_hello_closes_the_connection() {
     let pki = Pki::new("closenotify");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server().max_workers(1), tls_config(&cert), describe);
+    let server = start_tls(common::server().max_workers(1), tls_config(&cert), describe);
+    let addr = server.addr();
     let mut flight = client_hello(&pki);
     // An alert record: warning (1), close_notify (0).
     flight.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00]);
@@ -696,7 +704,8 @@ fn a_thousand_stalled_handshakes_do_not_delay_a_new_client() {
     common::raise_nofile(4096);
     let pki = Pki::new("thousand");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server().max_workers(4), tls_config(&cert), describe);
+    let server = start_tls(common::server().max_workers(4), tls_config(&cert), describe);
+    let addr = server.addr();
     let hello = client_hello(&pki);
     let stalled: Vec<TcpStream> = (0..1000)
         .map(|i| {
@@ -726,7 +735,8 @@ fn a_thousand_stalled_handshakes_do_not_delay_a_new_client() {
 fn plain_http_on_the_tls_port_gets_a_400_and_a_close() {
     let pki = Pki::new("plain");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server(), tls_config(&cert), describe);
+    let server = start_tls(common::server(), tls_config(&cert), describe);
+    let addr = server.addr();
     let mut stream = common::connect(addr);
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
@@ -751,7 +761,8 @@ fn plain_http_on_the_tls_port_gets_a_400_and_a_close() {
 fn garbage_instead_of_a_client_hello_closes_the_connection() {
     let pki = Pki::new("garbage");
     let cert = pki.server("localhost", &["localhost"]);
-    let addr = start_tls(common::server(), tls_config(&cert), describe);
+    let server = start_tls(common::server(), tls_config(&cert), describe);
+    let addr = server.addr();
     let mut stream = common::connect(addr);
     stream
         .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
@@ -840,7 +851,9 @@ fn tls_works_over_a_unix_socket() {
     let path = pki.dir.join("https.sock");
     let server = Server::try_bind_unix(&path).expect("bind the Unix socket");
     let server = server.tls(tls_config(&cert));
-    thread::spawn(move || {
+    // `TestServer` serves TCP only: this one gets a thread of its own.
+    let handle = server.handle();
+    let serving = thread::spawn(move || {
         server.serve(|request: Request, info: ConnectionInfo| {
             let mut described = String::new();
             describe(request, info.clone())
@@ -869,4 +882,7 @@ fn tls_works_over_a_unix_socket() {
         out.starts_with("unix=true credentials=true version=Some(TLSv1_3) sni=localhost"),
         "{out}"
     );
+    handle.shutdown();
+    common::join_within(serving, Duration::from_secs(10), "serve")
+        .expect("serve returns Ok after a graceful shutdown");
 }

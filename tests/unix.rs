@@ -98,9 +98,10 @@ fn peer_credentials_are_those_of_the_connecting_process() {
 
 #[test]
 fn tcp_connections_have_no_peer_credentials() {
-    let addr = start(server(), |_request: Request, info: ConnectionInfo| {
+    let server = start(server(), |_request: Request, info: ConnectionInfo| {
         Response::new(Body::new(format!("{:?}", info.peer_credentials())))
     });
+    let addr = server.addr();
     assert_eq!(get(addr, "/"), (200, "None".to_string()));
     assert_eq!(ConnectionInfo::default().peer_credentials(), None);
     assert!(!ConnectionInfo::default().is_unix_socket());
@@ -211,6 +212,7 @@ fn graceful_shutdown_finishes_requests_and_removes_the_socket_file() {
     let server = Server::bind_unix(dir.join("s"));
     let (path, handle, serving) = start_unix(server, move |_request: Request, _info| {
         let _ = started_tx.lock().unwrap().send(());
+        // Still running when the shutdown starts.
         thread::sleep(Duration::from_millis(300));
         Response::new(Body::new("finished"))
     });
@@ -331,12 +333,13 @@ fn serves_on_a_unix_listener_bound_elsewhere_and_leaves_its_file() {
 
 #[test]
 fn tcp_connections_are_not_unix_ones() {
-    let addr = start(server(), describe);
+    let server = start(server(), describe);
+    let addr = server.addr();
     let (status, body) = get(addr, "/tcp");
     assert_eq!(status, 200);
     assert!(
         body.starts_with("/tcp unix=false peer_addr=Some(127.0.0.1:"),
         "{body}"
     );
-    assert_eq!(server().local_unix_path(), None);
+    assert_eq!(common::server().local_unix_path(), None);
 }

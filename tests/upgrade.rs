@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{self, BufRead, Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -47,10 +46,10 @@ fn echo_lines(stream: Upgraded, done: mpsc::Sender<io::Result<usize>>) {
 
 /// A server whose `/echo` upgrades to the line-echo protocol; every
 /// continuation reports how it ended on the returned channel.
-fn echo_server(server: Server) -> (SocketAddr, mpsc::Receiver<io::Result<usize>>) {
+fn echo_server(server: Server) -> (Started, mpsc::Receiver<io::Result<usize>>) {
     let (done_tx, done_rx) = mpsc::channel();
     let done_tx = std::sync::Mutex::new(done_tx);
-    let addr = start(
+    let server = start(
         server,
         move |mut request: Request, _info: ConnectionInfo| {
             let Some(upgrade) = Upgrade::from_request(&mut request) else {
@@ -63,7 +62,7 @@ fn echo_server(server: Server) -> (SocketAddr, mpsc::Receiver<io::Result<usize>>
             upgrade.respond(switching("echo"), move |stream| echo_lines(stream, done))
         },
     );
-    (addr, done_rx)
+    (server, done_rx)
 }
 
 const UPGRADE_REQUEST: &[u8] =
@@ -71,7 +70,8 @@ const UPGRADE_REQUEST: &[u8] =
 
 #[test]
 fn bytes_pipelined_after_the_head_reach_the_upgraded_stream() {
-    let (addr, done) = echo_server(server());
+    let (server, done) = echo_server(server());
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     let mut request = UPGRADE_REQUEST.to_vec();
     request.extend_from_slice(b"first line\nsecond line\n");
@@ -96,7 +96,8 @@ fn bytes_pipelined_after_the_head_reach_the_upgraded_stream() {
 
 #[test]
 fn a_plain_request_to_an_upgrade_handler_is_not_upgraded() {
-    let (addr, _done) = echo_server(server());
+    let (server, _done) = echo_server(server());
+    let addr = server.addr();
     let response = raw_request(
         addr,
         b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
@@ -108,7 +109,7 @@ fn a_plain_request_to_an_upgrade_handler_is_not_upgraded() {
 fn a_refusal_status_is_sent_as_it_is_and_the_continuation_never_runs() {
     let ran = Arc::new(AtomicUsize::new(0));
     let ran2 = ran.clone();
-    let addr = start(
+    let server = start(
         server(),
         move |mut request: Request, _info: ConnectionInfo| {
             let upgrade = Upgrade::from_request(&mut request).expect("an upgrade request");
@@ -122,6 +123,7 @@ fn a_refusal_status_is_sent_as_it_is_and_the_continuation_never_runs() {
             })
         },
     );
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(UPGRADE_REQUEST);
     let response = conn.read_response().unwrap();
@@ -135,7 +137,8 @@ fn a_refusal_status_is_sent_as_it_is_and_the_continuation_never_runs() {
 
 #[test]
 fn a_client_that_disconnects_frees_its_thread_and_the_bound_holds() {
-    let (addr, done) = echo_server(server().max_blocking_upgrades(1));
+    let (server, done) = echo_server(server().max_blocking_upgrades(1));
+    let addr = server.addr();
     let mut first = RawConn::open(addr);
     first.send(UPGRADE_REQUEST);
     assert_eq!(first.read_head().unwrap().1, 101);
@@ -157,18 +160,12 @@ fn a_client_that_disconnects_frees_its_thread_and_the_bound_holds() {
     drop(first);
     let ended = done.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(ended.is_ok(), "{ended:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    // The slot is released just after the continuation reports.
+    wait_until(Duration::from_secs(10), "the slot is released", || {
         let mut again = RawConn::open(addr);
         again.send(UPGRADE_REQUEST);
-        let (_, status, _, _) = again.read_head().unwrap();
-        if status == 101 {
-            break;
-        }
-        // The slot is released just after the continuation reports.
-        assert!(Instant::now() < deadline, "the slot was never released");
-        thread::yield_now();
-    }
+        again.read_head().unwrap().1 == 101
+    });
 }
 
 #[test]
@@ -176,7 +173,7 @@ fn a_read_that_waits_too_long_times_out() {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let server = server().body_read_timeout(Duration::from_millis(300));
-    let addr = start(
+    let server = start(
         server,
         move |mut request: Request, _info: ConnectionInfo| {
             let upgrade = Upgrade::from_request(&mut request).unwrap();
@@ -189,6 +186,7 @@ fn a_read_that_waits_too_long_times_out() {
             })
         },
     );
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(UPGRADE_REQUEST);
     assert_eq!(conn.read_head().unwrap().1, 101);
@@ -275,7 +273,8 @@ fn a_stream_that_outlives_the_shutdown_timeout_is_closed() {
 
 #[test]
 fn many_upgrades_open_and_close() {
-    let (addr, done) = echo_server(server());
+    let (server, done) = echo_server(server());
+    let addr = server.addr();
     let clients: Vec<_> = (0..8)
         .map(|_| {
             thread::spawn(move || {
@@ -307,7 +306,7 @@ fn http2_extended_connect_gives_a_blocking_stream() {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let server = server().http2_enable_connect_protocol();
-    let addr = start(
+    let server = start(
         server,
         move |mut request: Request, _info: ConnectionInfo| {
             let protocol = request
@@ -327,6 +326,7 @@ fn http2_extended_connect_gives_a_blocking_stream() {
             })
         },
     );
+    let addr = server.addr();
     let echoed = h2_extended_connect(addr, "echo", &[], b"over h2\n", |got| got.ends_with(b"\n"));
     assert_eq!(echoed, b"OVER H2\n");
     assert_eq!(

@@ -52,7 +52,7 @@ fn read_close(client: &mut Client) -> (CloseCode, String) {
     }
 }
 
-fn echo_server(server: Server) -> SocketAddr {
+fn echo_server(server: Server) -> Started {
     start(
         server,
         |mut request: Request, _info: ConnectionInfo| match WebSocketUpgrade::from_request(
@@ -73,7 +73,8 @@ fn handshake(addr: SocketAddr, method: &str, extra: &str) -> RawResponse {
 
 #[test]
 fn a_request_that_is_no_websocket_handshake_gets_a_reason() {
-    let addr = echo_server(server());
+    let server = echo_server(server());
+    let addr = server.addr();
     let plain = handshake(addr, "GET", "");
     assert_eq!(plain.status, 426);
     assert_eq!(plain.header("upgrade"), Some("websocket"));
@@ -109,7 +110,8 @@ fn a_request_that_is_no_websocket_handshake_gets_a_reason() {
 
 #[test]
 fn the_accept_key_is_the_rfc_one() {
-    let addr = echo_server(server());
+    let server = echo_server(server());
+    let addr = server.addr();
     let mut conn = RawConn::open(addr);
     conn.send(
         b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
@@ -126,7 +128,7 @@ fn the_accept_key_is_the_rfc_one() {
 
 #[test]
 fn the_first_server_protocol_the_client_offers_is_selected() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => {
                 let ws = ws.protocols(["chat", "superchat"]);
@@ -138,6 +140,7 @@ fn the_first_server_protocol_the_client_offers_is_selected() {
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     let mut client = open_with(addr, &["superchat", "chat"]);
     client.send(Message::text("which?")).unwrap();
     assert_eq!(client.read().unwrap(), Message::text("chat"));
@@ -157,7 +160,7 @@ fn the_first_server_protocol_the_client_offers_is_selected() {
 
 #[test]
 fn a_refused_origin_gets_403() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => ws
                 .allow_origin(|origin| matches!(origin, None | Some("http://good.test")))
@@ -165,6 +168,7 @@ fn a_refused_origin_gets_403() {
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     let extra = "upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\n\
                  sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let evil = handshake(addr, "GET", &format!("{extra}origin: http://evil.test\r\n"));
@@ -178,7 +182,8 @@ fn a_refused_origin_gets_403() {
 
 #[test]
 fn text_and_binary_are_echoed_as_they_came() {
-    let addr = echo_server(server());
+    let server = echo_server(server());
+    let addr = server.addr();
     let mut client = open(addr);
     client.send(Message::text("héllo")).unwrap();
     assert_eq!(client.read().unwrap(), Message::text("héllo"));
@@ -199,17 +204,19 @@ fn text_and_binary_are_echoed_as_they_came() {
 
 #[test]
 fn a_slow_handler_loses_nothing_and_keeps_the_order() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => ws
                 .max_queued_messages(4)
                 .serve(|sender: &Sender, message: Message| {
+                    // Slower than the client sends.
                     thread::sleep(Duration::from_millis(2));
                     let _ = sender.send(message);
                 }),
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     let mut client = open(addr);
     // The client sends far ahead of the handler: the server stops reading
     // when four wait, and TCP holds the rest.
@@ -245,7 +252,7 @@ impl Handler for Registry {
 fn registry_server(
     server: Server,
 ) -> (
-    SocketAddr,
+    Started,
     mpsc::Receiver<Sender>,
     mpsc::Receiver<Option<CloseFrame>>,
 ) {
@@ -255,7 +262,7 @@ fn registry_server(
         senders: Mutex::new(senders_tx),
         closes: Mutex::new(closes_tx),
     });
-    let addr = start(
+    let server = start(
         server,
         move |mut request: Request, _info: ConnectionInfo| match WebSocketUpgrade::from_request(
             &mut request,
@@ -264,7 +271,7 @@ fn registry_server(
             Err(refusal) => refusal,
         },
     );
-    (addr, senders, closes)
+    (server, senders, closes)
 }
 
 struct SharedHandler(Arc<Registry>);
@@ -283,10 +290,13 @@ impl Handler for SharedHandler {
 
 #[test]
 fn any_thread_can_send_and_the_handler_hears_the_close() {
-    let (addr, senders, closes) = registry_server(server());
+    let (server, senders, closes) = registry_server(server());
+    let addr = server.addr();
+    // One at a time: `on_open` may run after the client's handshake is
+    // done, so two opened at once could hand their senders over either way.
     let mut first = open(addr);
-    let mut second = open(addr);
     let a = senders.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut second = open(addr);
     let b = senders.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_ne!(a.id(), b.id());
     // Broadcast from this thread, and from another.
@@ -324,7 +334,7 @@ fn any_thread_can_send_and_the_handler_hears_the_close() {
 
 #[test]
 fn a_silent_client_gets_a_ping_then_the_idle_timeout() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => ws
                 .ping_interval(Some(Duration::from_millis(200)))
@@ -333,6 +343,7 @@ fn a_silent_client_gets_a_ping_then_the_idle_timeout() {
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     // A raw client that never answers: a client that reads answers pings,
     // and a pong is traffic, so it would never be idle.
     let started = Instant::now();
@@ -377,7 +388,7 @@ fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
 
 #[test]
 fn invalid_utf8_closes_with_1007_and_a_too_big_message_with_1009() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => ws
                 .max_message_size(1024)
@@ -387,6 +398,7 @@ fn invalid_utf8_closes_with_1007_and_a_too_big_message_with_1009() {
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     // Invalid UTF-8 in a text frame, which tungstenite's client would not send.
     let mut raw = raw_websocket(addr);
     raw.write_all(&masked_frame(0x81, &[0xff, 0xfe, 0x41]))
@@ -433,7 +445,7 @@ fn read_close_code(stream: &mut TcpStream) -> u16 {
 
 #[test]
 fn a_handler_panic_closes_with_1011_and_the_server_goes_on() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => ws.serve(|sender: &Sender, message: Message| {
                 if message == Message::text("panic") {
@@ -444,6 +456,7 @@ fn a_handler_panic_closes_with_1011_and_the_server_goes_on() {
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     let mut client = open(addr);
     client.send(Message::text("panic")).unwrap();
     assert_eq!(read_close(&mut client).0, CloseCode::Error);
@@ -494,7 +507,7 @@ fn graceful_shutdown_closes_with_1001_and_serve_returns() {
 
 #[test]
 fn blocking_mode_echoes_on_a_thread_of_its_own() {
-    let addr = start(server(), |mut request: Request, _info: ConnectionInfo| {
+    let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match WebSocketUpgrade::from_request(&mut request) {
             Ok(ws) => ws.blocking(|mut socket| {
                 while let Ok(message) = socket.read() {
@@ -506,6 +519,7 @@ fn blocking_mode_echoes_on_a_thread_of_its_own() {
             Err(refusal) => refusal,
         }
     });
+    let addr = server.addr();
     let mut client = open(addr);
     for i in 0..10 {
         client.send(Message::text(format!("b{i}"))).unwrap();
@@ -516,7 +530,8 @@ fn blocking_mode_echoes_on_a_thread_of_its_own() {
 #[cfg(feature = "http2")]
 #[test]
 fn websocket_over_http2_extended_connect() {
-    let addr = echo_server(server().http2_enable_connect_protocol());
+    let server = echo_server(server().http2_enable_connect_protocol());
+    let addr = server.addr();
     let frame = masked_frame(0x81, b"over h2");
     let reply = h2_extended_connect(
         addr,
@@ -534,8 +549,8 @@ fn websocket_over_http2_extended_connect() {
 #[test]
 fn messages_queued_before_a_shutdown_arrive_before_its_1001() {
     let server = server().shutdown_timeout(Duration::from_secs(10));
-    let handle = server.handle();
-    let (addr, senders, _closes) = registry_server(server);
+    let (server, senders, _closes) = registry_server(server);
+    let addr = server.addr();
     let mut client = open(addr);
     let sender = senders.recv_timeout(Duration::from_secs(10)).unwrap();
     // More than the sockets' buffers hold while the client does not read:
@@ -544,7 +559,7 @@ fn messages_queued_before_a_shutdown_arrive_before_its_1001() {
     for i in 0..150 {
         sender.send(message(i)).unwrap();
     }
-    handle.shutdown();
+    server.shutdown();
     for i in 0..150 {
         assert_eq!(client.read().unwrap(), Message::text(message(i)));
     }

@@ -69,10 +69,13 @@ fn echo(mut request: Request, _info: ConnectionInfo) -> Response {
     }
 }
 
-/// One echo server, default settings, shared by the tests of this file.
+/// One echo server, default settings, shared by the tests of this file: it
+/// is never dropped, so it serves until the test process exits.
 fn server() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| common::start(common::server(), echo))
+    static SERVER: OnceLock<common::Started> = OnceLock::new();
+    SERVER
+        .get_or_init(|| common::start(common::server(), echo))
+        .addr()
 }
 
 // ---------------------------------------------------------------------------

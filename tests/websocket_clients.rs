@@ -50,7 +50,7 @@ fn echo(mut request: Request, _info: ConnectionInfo) -> Response {
     }
 }
 
-fn start_echo(server: Server) -> SocketAddr {
+fn start_echo(server: Server) -> common::Started {
     common::start(server, echo)
 }
 
@@ -366,7 +366,8 @@ fn python_websockets_echo_subprotocol_ping() {
     if !python_available() {
         return;
     }
-    let addr = start_echo(common::server());
+    let server = start_echo(common::server());
+    let addr = server.addr();
     let (_dir, file) = script_file("ws-python", "client.py", PYTHON_CLIENT);
     let output = python_script("echo", addr, &file).output();
     assert_eq!(output, expected_echo_output());
@@ -377,7 +378,8 @@ fn node_ws_echo_subprotocol_ping() {
     if !node_available() {
         return;
     }
-    let addr = start_echo(common::server());
+    let server = start_echo(common::server());
+    let addr = server.addr();
     let (_dir, file) = script_file("ws-node", "client.js", NODE_CLIENT);
     let output = node_script("echo", addr, &file).output();
     assert_eq!(output, expected_echo_output());
@@ -461,7 +463,8 @@ fn close(mut ws: Client) {
 fn a_thousand_clients_open_and_close() {
     const CLIENTS: usize = 1000;
     const THREADS: usize = 4;
-    let addr = start_echo(common::server());
+    let server = start_echo(common::server());
+    let addr = server.addr();
     let start = Instant::now();
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
@@ -505,7 +508,8 @@ fn idle_websockets_hold_no_threads() {
         "RLIMIT_NOFILE could only be raised to {limit}"
     );
     let baseline = common::threads();
-    let addr = start_echo(common::server());
+    let server = start_echo(common::server());
+    let addr = server.addr();
     let start = Instant::now();
     let mut idle: Vec<Client> = (0..IDLE).map(|_| open(addr)).collect();
     eprintln!(

@@ -439,6 +439,120 @@ mod tests {
         pool.shutdown(Duration::from_secs(5));
     }
 
+    /// Records when it was woken, and in which place among the wakers that
+    /// share its `order`; unparks the thread that made it.
+    struct StampingWaker {
+        order: Arc<AtomicUsize>,
+        woken: std::sync::Mutex<Option<(usize, Instant)>>,
+        thread: Thread,
+    }
+
+    impl Wake for StampingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let stamp = (self.order.fetch_add(1, Ordering::SeqCst), Instant::now());
+            self.woken.lock().unwrap().get_or_insert(stamp);
+            self.thread.unpark();
+        }
+    }
+
+    /// Sleeps of 20, 21, ... 60 ms, made at once through hyper's
+    /// `Timer::sleep` and registered (first polled) in a shuffled order,
+    /// the longest first: each waker is called no sooner than its sleep's
+    /// duration after the sleep was made, and in the order of the deadlines,
+    /// not of the registrations. A deadline every millisecond wakes the
+    /// poller often, so a timer fired early on another's wake-up would be
+    /// seen. (A sleep that a test thread held up under load finds already
+    /// due when it registers it is done at once and not counted.)
+    #[test]
+    fn sleeps_wake_in_deadline_order_and_never_before_their_duration() {
+        use hyper::rt::Timer as _;
+        let pool = test_pool();
+        let timer = Timer(pool.clone());
+        let order = Arc::new(AtomicUsize::new(0));
+        let made = Instant::now();
+        let mut sleeps: Vec<_> = (20..=60)
+            .map(|ms| {
+                let duration = Duration::from_millis(ms);
+                let stamp = Arc::new(StampingWaker {
+                    order: order.clone(),
+                    woken: std::sync::Mutex::new(None),
+                    thread: std::thread::current(),
+                });
+                (duration, timer.sleep(duration), stamp)
+            })
+            .collect();
+        // 40, 16, 33, 9, ...: every index once, the longest sleep first.
+        let registration = (0..41).map(|i| (40 + 17 * i) % 41);
+        let mut pending = Vec::new();
+        for i in registration {
+            let (_, sleep, stamp) = &mut sleeps[i];
+            let waker = Waker::from(stamp.clone());
+            if sleep
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+            {
+                pending.push(i);
+            }
+        }
+        assert_eq!(pending[0], 40, "the 60 ms sleep was done at once");
+        let limit = made + Duration::from_secs(5);
+        while order.load(Ordering::SeqCst) < pending.len() {
+            let now = Instant::now();
+            assert!(now < limit, "not every sleep was woken within 5 s");
+            std::thread::park_timeout(limit - now);
+        }
+        pending.sort_unstable();
+        let mut last_place = None;
+        for i in pending {
+            let (duration, sleep, stamp) = &mut sleeps[i];
+            let (place, at) = stamp.woken.lock().unwrap().expect("woken");
+            assert!(
+                last_place < Some(place),
+                "the {duration:?} sleep woken before a shorter one"
+            );
+            last_place = Some(place);
+            let after = at - made;
+            assert!(
+                after >= *duration,
+                "the {duration:?} sleep was woken after {after:?}"
+            );
+            let waker = Waker::from(stamp.clone());
+            let poll = sleep.as_mut().poll(&mut Context::from_waker(&waker));
+            assert!(poll.is_ready(), "the {duration:?} sleep woken but pending");
+        }
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    /// A sleep polled again with another waker wakes that one, once, and
+    /// not the one it replaced.
+    #[test]
+    fn a_sleep_wakes_its_latest_waker_only() {
+        let pool = test_pool();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let mut sleep = Timer(pool.clone()).sleep_until(deadline);
+        let (old, old_waker) = counting_waker();
+        let (new, new_waker) = counting_waker();
+        for waker in [&old_waker, &new_waker] {
+            let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(waker));
+            assert!(poll.is_pending(), "a 50 ms sleep done at once");
+        }
+        assert!(
+            new.wait_for_wake(Duration::from_secs(5)),
+            "the latest waker was not woken within 5 s"
+        );
+        assert!(Instant::now() >= deadline, "woken before its deadline");
+        let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(&new_waker));
+        assert!(poll.is_ready(), "woken but still pending");
+        assert_eq!(old.wakes(), 0, "the replaced waker was woken");
+        assert_eq!(new.wakes(), 1, "the latest waker was woken more than once");
+        pool.shutdown(Duration::from_secs(5));
+    }
+
     #[test]
     fn an_earlier_deadline_interrupts_the_poller() {
         let timers = Timers::default();

@@ -10,11 +10,13 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use astra::{Server, Service};
+use astra::test::TestServer;
+use astra::{Server, ServerHandle, Service, Stats};
 
 /// Read/write timeout of raw test sockets.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,22 +26,166 @@ pub fn server() -> Server {
     Server::bind("127.0.0.1:0")
 }
 
-/// Serves `service` with `server` on a background thread and returns the
-/// address to connect to. The server runs until the test process exits.
-pub fn start<S>(server: Server, service: S) -> SocketAddr
+/// Serves `service` with `server` on a background thread, as an
+/// [`astra::test::TestServer`]: dropping the returned guard shuts the server
+/// down gracefully and waits for `serve` to return. Declare the guard before
+/// the test's clients, so that they are dropped (closed) first; a test that
+/// leaves a handler blocked gives its server a short `shutdown_timeout`.
+pub fn start<S>(server: Server, service: S) -> Started
 where
     S: Service + Sync,
 {
-    let addr = server.local_addr().expect("local_addr");
-    thread::Builder::new()
-        .name("test-server".into())
-        .spawn(move || {
-            if let Err(err) = server.serve(service) {
-                panic!("serve failed: {err}");
-            }
-        })
-        .expect("spawn the server thread");
-    addr
+    let stop = Arc::new(Stop::default());
+    let service = Watched {
+        service,
+        stop: stop.clone(),
+    };
+    Started {
+        server: Some(TestServer::start(server, service)),
+        stop,
+    }
+}
+
+/// A server from [`start`]. Besides what [`TestServer`] does, it fails the
+/// test if `serve` ended before the test stopped it: `serve` only returns
+/// early when it could not start, and `TestServer` drops that error.
+pub struct Started {
+    server: Option<TestServer>,
+    stop: Arc<Stop>,
+}
+
+/// Whether the test has asked `serve` to stop, and whether `serve` ended
+/// before it did.
+#[derive(Default)]
+struct Stop {
+    asked: AtomicBool,
+    ended_unasked: AtomicBool,
+}
+
+/// The test's service, which tells [`Stop`] when `serve` lets it go.
+struct Watched<S> {
+    service: S,
+    stop: Arc<Stop>,
+}
+
+impl<S: Service> Service for Watched<S> {
+    fn call(&self, request: astra::Request, info: astra::ConnectionInfo) -> astra::Response {
+        self.service.call(request, info)
+    }
+}
+
+impl<S> Drop for Watched<S> {
+    fn drop(&mut self) {
+        if !self.stop.asked.load(Ordering::SeqCst) {
+            self.stop.ended_unasked.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Started {
+    fn inner(&self) -> &TestServer {
+        self.server.as_ref().expect("the server is running")
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner().addr()
+    }
+
+    /// A handle to the server, for its stats or a certificate reload. To
+    /// shut it down before the test ends, use [`Started::shutdown`].
+    pub fn handle(&self) -> &ServerHandle {
+        self.inner().handle()
+    }
+
+    /// Starts a graceful shutdown now; the drop then waits for `serve`.
+    pub fn shutdown(&self) {
+        self.stop.asked.store(true, Ordering::SeqCst);
+        self.handle().shutdown();
+    }
+
+    /// True once `serve` has returned without being asked to: it failed to
+    /// start, and dropping this will fail the test.
+    pub fn ended_on_its_own(&self) -> bool {
+        self.stop.ended_unasked.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.stop.asked.store(true, Ordering::SeqCst);
+        // Shuts down and joins the serve thread.
+        drop(self.server.take());
+        if self.stop.ended_unasked.load(Ordering::SeqCst) && !thread::panicking() {
+            panic!(
+                "serve returned before the test stopped it: it failed to start \
+                 (astra::test::TestServer does not pass on its error)"
+            );
+        }
+    }
+}
+
+/// Waits until `done` holds, polling it with a short back-off (0.1 ms
+/// growing to 10 ms between polls); panics naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    poll_until(limit, || {
+        if done() {
+            Ok(())
+        } else {
+            Err(format!("{what}: not so within {limit:?}"))
+        }
+    })
+}
+
+/// Waits (at most [`IO_TIMEOUT`]) until `ok` holds for the server's stats,
+/// and returns the snapshot that did; panics with the last one.
+pub fn wait_for_stats(handle: &ServerHandle, what: &str, ok: impl Fn(&Stats) -> bool) -> Stats {
+    poll_until(IO_TIMEOUT, || {
+        let stats = handle.stats();
+        if ok(&stats) {
+            Ok(stats)
+        } else {
+            Err(format!(
+                "{what}: not so within {IO_TIMEOUT:?}; last {stats:?}"
+            ))
+        }
+    })
+}
+
+/// Waits (at most [`IO_TIMEOUT`]) until a `wrap_reader` response to a client
+/// that reads nothing has filled the socket and waits for it to drain.
+/// Nothing says so but silence: its reader, which counts what it produced
+/// in `produced`, goes unasked for 50 ms, with no user code running or
+/// queued meanwhile.
+pub fn wait_until_stalled(handle: &ServerHandle, produced: &AtomicU64) {
+    let mut last = (0, Instant::now());
+    wait_until(IO_TIMEOUT, "the response stalls", || {
+        let now = produced.load(Ordering::SeqCst);
+        let stats = handle.stats();
+        if now == 0 || now != last.0 || stats.handlers_running + stats.queued > 0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(50)
+    });
+}
+
+/// Calls `attempt` until it succeeds, with the back-off of [`wait_until`];
+/// panics with its last error after `limit`.
+fn poll_until<T>(limit: Duration, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        let failed = match attempt() {
+            Ok(value) => return value,
+            Err(failed) => failed,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            panic!("{failed}");
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
 }
 
 /// A ureq agent with bounded timeouts that does not turn 4xx/5xx into errors.
@@ -219,42 +365,7 @@ impl RawConn {
 
     /// Decodes a chunked body; fails if the connection closes before the last chunk.
     pub fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "connection closed inside a chunked body after {} bytes",
-                        body.len()
-                    ),
-                ));
-            }
-            let size_text = line.trim().split(';').next().unwrap_or_default();
-            let size = usize::from_str_radix(size_text, 16)
-                .map_err(|_| io::Error::other(format!("bad chunk size line {line:?}")))?;
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    let mut trailer = String::new();
-                    if self.reader.read_line(&mut trailer)? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    if trailer == "\r\n" {
-                        return Ok(body);
-                    }
-                }
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            self.reader.read_exact(&mut body[start..])?;
-            let mut crlf = [0; 2];
-            self.reader.read_exact(&mut crlf)?;
-            if &crlf != b"\r\n" {
-                return Err(io::Error::other("chunk not followed by CRLF"));
-            }
-        }
+        decode_chunked(&mut self.reader)
     }
 
     /// Reads until the peer closes the connection; fails on a timeout.
@@ -281,6 +392,47 @@ impl RawConn {
         };
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         quiet
+    }
+}
+
+/// Decodes a chunked body from `reader`, trailers skipped; fails if the
+/// stream ends before the last chunk.
+pub fn decode_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside a chunked body after {} bytes",
+                    body.len()
+                ),
+            ));
+        }
+        let size_text = line.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| io::Error::other(format!("bad chunk size line {line:?}")))?;
+        if size == 0 {
+            // Trailers, then the empty line.
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer)? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                if trailer == "\r\n" {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut crlf = [0; 2];
+        reader.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(io::Error::other("chunk not followed by CRLF"));
+        }
     }
 }
 
@@ -337,13 +489,7 @@ pub fn join_within<T: Send + 'static>(
     limit: Duration,
     what: &str,
 ) -> T {
-    let deadline = Instant::now() + limit;
-    while !handle.is_finished() {
-        if Instant::now() > deadline {
-            panic!("{what}: not done within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(limit, what, || handle.is_finished());
     match handle.join() {
         Ok(value) => value,
         Err(panic) => std::panic::resume_unwind(panic),
