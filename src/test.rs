@@ -739,7 +739,8 @@ fn server_gone() -> io::Error {
 
 /// A real server on `127.0.0.1:0`, serving on a thread of its own, shut down
 /// gracefully (and waited for) when dropped: for tests that want real
-/// sockets and clients.
+/// sockets and clients. If `serve` failed, or panicked, the drop panics with
+/// that (unless the test is already panicking), so the test fails.
 ///
 /// ```
 /// use astra::test::TestServer;
@@ -806,12 +807,16 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.handle.shutdown();
         if let Some(thread) = self.thread.take() {
-            // serve returns within its shutdown timeout; a panic in it is
-            // the test's to see, unless the test is already failing.
-            if let Err(panic) = thread.join() {
-                if !std::thread::panicking() {
-                    std::panic::resume_unwind(panic);
-                }
+            // serve returns within its shutdown timeout; its error or its
+            // panic is the test's to see, unless the test is already failing.
+            let outcome = thread.join();
+            if std::thread::panicking() {
+                return;
+            }
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => panic!("TestServer: serve failed: {err}"),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
     }
