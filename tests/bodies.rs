@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, Request, Response, ResponseBuilder, Server};
 use common::RawConn;
 
@@ -51,7 +52,7 @@ fn expected(body: &[u8]) -> String {
     format!("len={} sum={sum}", body.len())
 }
 
-fn start_counter(server: Server) -> common::Started {
+fn start_counter(server: Server) -> TestServer {
     common::start(server, |request: Request, _| {
         if request.uri().path() == "/reader" {
             count_via_reader(request)

@@ -9,11 +9,12 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use astra::test::TestServer;
 use astra::{Body, ConnectionInfo, Request, Response, Server};
 use common::*;
 
 /// A server whose handler reads its whole body and reports how it ended.
-fn reporting(server: Server) -> (Started, mpsc::Receiver<io::Result<usize>>) {
+fn reporting(server: Server) -> (TestServer, mpsc::Receiver<io::Result<usize>>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let server = start(

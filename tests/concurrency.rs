@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, Request, Response, Server};
 
 /// Serialises the timing tests of this file.
@@ -29,7 +30,7 @@ struct Sleeper {
 }
 
 impl Sleeper {
-    fn start(server: Server) -> (common::Started, Arc<Sleeper>) {
+    fn start(server: Server) -> (TestServer, Arc<Sleeper>) {
         let sleeper = Arc::new(Sleeper {
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),

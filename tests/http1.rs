@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder};
 use common::{RawConn, RawResponse};
 
 fn start(
     service: impl Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
-) -> common::Started {
+) -> TestServer {
     common::start(common::server(), service)
 }
 

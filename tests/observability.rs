@@ -9,11 +9,12 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use astra::test::TestServer;
 use astra::{Body, CloseReason, ConnectionInfo, Request, Response, Server};
 use common::*;
 
 /// A server whose `/hold` handler waits for the test to let it go.
-fn holding(server: Server) -> (Started, mpsc::Sender<()>) {
+fn holding(server: Server) -> (TestServer, mpsc::Sender<()>) {
     let (release, released) = mpsc::channel::<()>();
     let released = Mutex::new(released);
     let server = start(

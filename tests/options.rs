@@ -12,10 +12,11 @@ use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, Request, Response, ResponseBuilder, Server};
 use common::RawConn;
 
-fn start(server: Server) -> common::Started {
+fn start(server: Server) -> TestServer {
     common::start(server, |request: Request, _| {
         if let Some(ms) = request.uri().path().strip_prefix("/sleep/") {
             thread::sleep(Duration::from_millis(ms.parse().unwrap()));
@@ -531,7 +532,7 @@ fn http1_writev_chooses_a_vectored_or_a_flat_write() {
 
 /// Starts a server whose handler answers with the largest body chunk it saw
 /// and the body's total length.
-fn start_chunk_meter(server: Server) -> common::Started {
+fn start_chunk_meter(server: Server) -> TestServer {
     common::start(server, |mut request: Request, _| {
         let (mut largest, mut total) = (0, 0);
         for chunk in request.body_mut() {
@@ -787,7 +788,7 @@ mod http2_wire {
 
     /// A server whose handler reads the request body and answers with its
     /// length.
-    fn start_reading(server: Server) -> common::Started {
+    fn start_reading(server: Server) -> TestServer {
         common::start(server, |mut request: Request, _| {
             let mut body = Vec::new();
             let _ = request.body_mut().reader().read_to_end(&mut body);

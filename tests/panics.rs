@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, Request, Response, ResponseBuilder, Server};
 use common::RawConn;
 
@@ -32,7 +33,7 @@ impl Read for PanickingReader {
 
 /// `/panic` panics, `/sleep/MS` sleeps, `/reader-panic` streams then panics
 /// (chunked), `/reader-panic-length` the same with a Content-Length.
-fn start(server: Server) -> common::Started {
+fn start(server: Server) -> TestServer {
     common::quiet_intentional_panics();
     common::start(server, |request: Request, _| {
         let path = request.uri().path();

@@ -1,5 +1,5 @@
 //! `astra::test`: services called without a socket, and a test server that
-//! stops when dropped; and the integration tests' own fixture around it.
+//! stops when dropped (and fails the test if its `serve` failed).
 
 mod common;
 
@@ -435,36 +435,44 @@ mod websocket {
     }
 }
 
-/// `common::start`'s guard fails the test whose server could not start, which
-/// `TestServer` alone would not tell: here `serve` finds no descriptor left
-/// for its poller. In a child process, since the descriptor limit is the
-/// whole process's.
+/// A `TestServer` whose `serve` failed fails the test when dropped, with
+/// serve's error: here `serve` finds no descriptor left for its poller. In a
+/// child process, since the descriptor limit is the whole process's.
 #[test]
-fn the_fixture_fails_a_test_whose_server_could_not_start() {
-    const TEST: &str = "the_fixture_fails_a_test_whose_server_could_not_start";
+fn a_test_server_whose_serve_failed_fails_the_test_when_dropped() {
+    const TEST: &str = "a_test_server_whose_serve_failed_fails_the_test_when_dropped";
     if !common::is_child(TEST) {
         common::run_in_child(TEST, Duration::from_secs(30));
         return;
     }
-    let server = common::server();
+    /// Tells when `serve` has let go of its service: it has returned.
+    struct OnDrop(std::sync::mpsc::Sender<()>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let (dropped_tx, serve_ended) = std::sync::mpsc::channel();
+    let on_drop = OnDrop(dropped_tx);
+    let bound = Server::bind("127.0.0.1:0");
     let soft = common::raise_nofile(0);
     common::set_nofile_soft(0);
-    let started = common::start(server, |_r: Request, _i: ConnectionInfo| {
+    let server = TestServer::start(bound, move |_r: Request, _i: ConnectionInfo| {
+        let _ = &on_drop;
         Response::new(Body::empty())
     });
-    common::wait_until(Duration::from_secs(10), "serve fails", || {
-        started.ended_on_its_own()
-    });
+    // Dropped before the test asks for a shutdown, which would make a serve
+    // that had not started yet return Ok at once.
+    let ended = serve_ended.recv_timeout(Duration::from_secs(10));
     common::set_nofile_soft(soft);
-    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(started)));
-    let panic = dropped.expect_err("dropping the guard fails the test");
+    ended.expect("serve returned on its own");
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(server)));
+    let panic = dropped.expect_err("dropping the TestServer fails the test");
     let message = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
         .expect("a message");
-    assert!(
-        message.contains("serve returned before the test stopped it"),
-        "{message}"
-    );
+    assert!(message.contains("serve failed"), "{message}");
+    assert!(message.contains("Too many open files"), "{message}");
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, CloseReason, Response};
 use common::*;
 
@@ -29,7 +30,7 @@ fn read_until_close(stream: &mut TcpStream, started: Instant) -> (Vec<u8>, Durat
     }
 }
 
-fn short_header_timeout(timeout: Duration) -> Started {
+fn short_header_timeout(timeout: Duration) -> TestServer {
     start(server().http1_header_read_timeout(timeout), hello)
 }
 

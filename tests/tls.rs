@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use astra::rustls::pki_types::{CertificateDer, ServerName};
 use astra::rustls::{self, ClientConfig, RootCertStore};
+use astra::test::TestServer;
 use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder, Server, TlsConfig};
 use common::{within, IO_TIMEOUT};
 
@@ -121,7 +122,7 @@ fn tls_config(issued: &Issued) -> TlsConfig {
 }
 
 /// Starts `server` with TLS on a background thread.
-fn start_tls<F>(server: Server, tls: TlsConfig, handler: F) -> common::Started
+fn start_tls<F>(server: Server, tls: TlsConfig, handler: F) -> TestServer
 where
     F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
 {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder, Server, Upgrade, Upgraded};
 use common::*;
 
@@ -46,7 +47,7 @@ fn echo_lines(stream: Upgraded, done: mpsc::Sender<io::Result<usize>>) {
 
 /// A server whose `/echo` upgrades to the line-echo protocol; every
 /// continuation reports how it ended on the returned channel.
-fn echo_server(server: Server) -> (Started, mpsc::Receiver<io::Result<usize>>) {
+fn echo_server(server: Server) -> (TestServer, mpsc::Receiver<io::Result<usize>>) {
     let (done_tx, done_rx) = mpsc::channel();
     let done_tx = std::sync::Mutex::new(done_tx);
     let server = start(

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::websocket::{CloseCode, CloseFrame, Handler, Message, Sender, WebSocketUpgrade};
 use astra::{ConnectionInfo, Request, Server};
 use common::*;
@@ -52,7 +53,7 @@ fn read_close(client: &mut Client) -> (CloseCode, String) {
     }
 }
 
-fn echo_server(server: Server) -> Started {
+fn echo_server(server: Server) -> TestServer {
     start(
         server,
         |mut request: Request, _info: ConnectionInfo| match WebSocketUpgrade::from_request(
@@ -252,7 +253,7 @@ impl Handler for Registry {
 fn registry_server(
     server: Server,
 ) -> (
-    Started,
+    TestServer,
     mpsc::Receiver<Sender>,
     mpsc::Receiver<Option<CloseFrame>>,
 ) {
@@ -559,7 +560,7 @@ fn messages_queued_before_a_shutdown_arrive_before_its_1001() {
     for i in 0..150 {
         sender.send(message(i)).unwrap();
     }
-    server.shutdown();
+    server.handle().shutdown();
     for i in 0..150 {
         assert_eq!(client.read().unwrap(), Message::text(message(i)));
     }

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::websocket::{Message, Sender, WebSocketUpgrade};
 use astra::{ConnectionInfo, Request, Response};
 
@@ -72,7 +73,7 @@ fn echo(mut request: Request, _info: ConnectionInfo) -> Response {
 /// One echo server, default settings, shared by the tests of this file: it
 /// is never dropped, so it serves until the test process exits.
 fn server() -> SocketAddr {
-    static SERVER: OnceLock<common::Started> = OnceLock::new();
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER
         .get_or_init(|| common::start(common::server(), echo))
         .addr()

@@ -25,6 +25,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use astra::test::TestServer;
 use astra::websocket::tungstenite;
 use astra::websocket::{Message, Sender, WebSocketUpgrade};
 use astra::{Body, ConnectionInfo, Request, Response, Server};
@@ -50,7 +51,7 @@ fn echo(mut request: Request, _info: ConnectionInfo) -> Response {
     }
 }
 
-fn start_echo(server: Server) -> common::Started {
+fn start_echo(server: Server) -> TestServer {
     common::start(server, echo)
 }
 

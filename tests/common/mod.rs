@@ -10,8 +10,8 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,102 +27,16 @@ pub fn server() -> Server {
 }
 
 /// Serves `service` with `server` on a background thread, as an
-/// [`astra::test::TestServer`]: dropping the returned guard shuts the server
-/// down gracefully and waits for `serve` to return. Declare the guard before
-/// the test's clients, so that they are dropped (closed) first; a test that
-/// leaves a handler blocked gives its server a short `shutdown_timeout`.
-pub fn start<S>(server: Server, service: S) -> Started
+/// [`astra::test::TestServer`]: dropping it shuts the server down gracefully
+/// and waits for `serve` to return, and fails the test if `serve` failed.
+/// Declare it before the test's clients, so that they are dropped (closed)
+/// first; a test that leaves a handler blocked gives its server a short
+/// `shutdown_timeout`.
+pub fn start<S>(server: Server, service: S) -> TestServer
 where
     S: Service + Sync,
 {
-    let stop = Arc::new(Stop::default());
-    let service = Watched {
-        service,
-        stop: stop.clone(),
-    };
-    Started {
-        server: Some(TestServer::start(server, service)),
-        stop,
-    }
-}
-
-/// A server from [`start`]. Besides what [`TestServer`] does, it fails the
-/// test if `serve` ended before the test stopped it: `serve` only returns
-/// early when it could not start, and `TestServer` drops that error.
-pub struct Started {
-    server: Option<TestServer>,
-    stop: Arc<Stop>,
-}
-
-/// Whether the test has asked `serve` to stop, and whether `serve` ended
-/// before it did.
-#[derive(Default)]
-struct Stop {
-    asked: AtomicBool,
-    ended_unasked: AtomicBool,
-}
-
-/// The test's service, which tells [`Stop`] when `serve` lets it go.
-struct Watched<S> {
-    service: S,
-    stop: Arc<Stop>,
-}
-
-impl<S: Service> Service for Watched<S> {
-    fn call(&self, request: astra::Request, info: astra::ConnectionInfo) -> astra::Response {
-        self.service.call(request, info)
-    }
-}
-
-impl<S> Drop for Watched<S> {
-    fn drop(&mut self) {
-        if !self.stop.asked.load(Ordering::SeqCst) {
-            self.stop.ended_unasked.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Started {
-    fn inner(&self) -> &TestServer {
-        self.server.as_ref().expect("the server is running")
-    }
-
-    /// Where the server listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.inner().addr()
-    }
-
-    /// A handle to the server, for its stats or a certificate reload. To
-    /// shut it down before the test ends, use [`Started::shutdown`].
-    pub fn handle(&self) -> &ServerHandle {
-        self.inner().handle()
-    }
-
-    /// Starts a graceful shutdown now; the drop then waits for `serve`.
-    pub fn shutdown(&self) {
-        self.stop.asked.store(true, Ordering::SeqCst);
-        self.handle().shutdown();
-    }
-
-    /// True once `serve` has returned without being asked to: it failed to
-    /// start, and dropping this will fail the test.
-    pub fn ended_on_its_own(&self) -> bool {
-        self.stop.ended_unasked.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        self.stop.asked.store(true, Ordering::SeqCst);
-        // Shuts down and joins the serve thread.
-        drop(self.server.take());
-        if self.stop.ended_unasked.load(Ordering::SeqCst) && !thread::panicking() {
-            panic!(
-                "serve returned before the test stopped it: it failed to start \
-                 (astra::test::TestServer does not pass on its error)"
-            );
-        }
-    }
+    TestServer::start(server, service)
 }
 
 /// Waits until `done` holds, polling it with a short back-off (0.1 ms
