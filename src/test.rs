@@ -441,8 +441,9 @@ struct ClientPipes {
 
 impl Drop for ClientPipes {
     fn drop(&mut self) {
-        self.to_server.close_writing();
+        // As `ServerEnd`'s: the server's writes fail before it reads the end.
         self.from_server.close_reading();
+        self.to_server.close_writing();
     }
 }
 
@@ -607,8 +608,10 @@ impl hyper::rt::Write for ServerEnd {
 
 impl Drop for ServerEnd {
     fn drop(&mut self) {
-        self.outgoing.close_writing();
+        // Reading side first: once the test sees the end of the stream, its
+        // writes must already fail.
         self.incoming.close_reading();
+        self.outgoing.close_writing();
     }
 }
 

@@ -182,9 +182,15 @@ fn the_test_sees_the_end_when_the_continuation_returns_and_vice_versa() {
     let mut all = String::new();
     stream.read_to_string(&mut all).unwrap();
     assert_eq!(all, "abc[3 bytes]");
-    // Once the server's end is gone, writing fails instead of piling up.
-    let err = stream.write_all(b"more").unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    // The end of the stream is the continuation's shutdown (a half-close,
+    // as on a socket); once its end is dropped right after, writing fails
+    // instead of piling up.
+    let mut last = Ok(());
+    common::wait_until(Duration::from_secs(10), "a write fails", || {
+        last = stream.write_all(b"more");
+        last.is_err()
+    });
+    assert_eq!(last.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
 
     // The test going away is the client going away: the continuation's
     // read sees the end of the stream and it returns (counted in its words,
