@@ -136,10 +136,42 @@ impl ScheduledIo {
 }
 
 /// The sockets registered with the reactor, by token.
+///
+/// A token is a slot's index and the slot's generation, bumped each time the
+/// slot is freed: an event that `poll` returned for a socket closed since
+/// (its slot already reused by a new connection) no longer matches, instead
+/// of setting the new socket's sticky closed bits.
 #[derive(Default)]
 struct Slab {
-    entries: Vec<Option<Arc<ScheduledIo>>>,
+    entries: Vec<Entry>,
     free: Vec<usize>,
+}
+
+struct Entry {
+    generation: usize,
+    io: Option<Arc<ScheduledIo>>,
+}
+
+/// Bits of a token that hold the slot's index; the generation has the rest.
+const INDEX_BITS: u32 = if usize::BITS >= 64 { 32 } else { 24 };
+const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
+
+impl Slab {
+    fn token(&self, index: usize) -> usize {
+        let generation = self.entries[index].generation & (usize::MAX >> INDEX_BITS);
+        // Never the waker's token: no slot index is all ones.
+        (generation << INDEX_BITS) | index
+    }
+
+    /// The entry `token` names, if it is still that registration.
+    fn get(&self, token: usize) -> Option<&Arc<ScheduledIo>> {
+        let index = token & INDEX_MASK;
+        let entry = self.entries.get(index)?;
+        if self.token(index) != token {
+            return None;
+        }
+        entry.io.as_ref()
+    }
 }
 
 pub(crate) struct Reactor {
@@ -202,16 +234,23 @@ impl Reactor {
         // finds its entry.
         let token = {
             let mut slab = self.lock_sources();
-            match slab.free.pop() {
+            let index = match slab.free.pop() {
                 Some(index) => {
-                    slab.entries[index] = Some(io.clone());
+                    slab.entries[index].io = Some(io.clone());
                     index
                 }
                 None => {
-                    slab.entries.push(Some(io.clone()));
+                    if slab.entries.len() >= INDEX_MASK {
+                        return Err(io::Error::other("too many sockets registered"));
+                    }
+                    slab.entries.push(Entry {
+                        generation: 0,
+                        io: Some(io.clone()),
+                    });
                     slab.entries.len() - 1
                 }
-            }
+            };
+            slab.token(index)
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(err) = self.registry.register(source, Token(token), interest) {
@@ -230,11 +269,14 @@ impl Reactor {
 
     fn release(&self, token: usize) {
         let mut slab = self.lock_sources();
-        if let Some(entry) = slab.entries.get_mut(token) {
-            if entry.take().is_some() {
-                slab.free.push(token);
-            }
+        if slab.get(token).is_none() {
+            return;
         }
+        let index = token & INDEX_MASK;
+        let entry = &mut slab.entries[index];
+        entry.io = None;
+        entry.generation = entry.generation.wrapping_add(1);
+        slab.free.push(index);
     }
 
     fn lock_sources(&self) -> MutexGuard<'_, Slab> {
@@ -272,7 +314,7 @@ impl Reactor {
                 if event.token() == WAKE_TOKEN {
                     continue;
                 }
-                let Some(Some(io)) = slab.entries.get(event.token().0) else {
+                let Some(io) = slab.get(event.token().0) else {
                     continue;
                 };
                 let mut readiness = 0;
@@ -296,5 +338,38 @@ impl Reactor {
             waker.wake();
         }
         woken
+    }
+}
+
+#[cfg(all(test, not(astra_loom)))]
+mod tests {
+    use super::*;
+
+    /// An event that `poll` returned for a socket closed since must not reach
+    /// the socket registered next in its slot: it would set the new socket's
+    /// sticky closed bits, and its reads would spin on EAGAIN for ever (seen
+    /// as an upgrade request never answered in `many_upgrades_open_and_close`).
+    #[test]
+    fn a_reused_slot_does_not_take_events_meant_for_its_last_socket() {
+        let reactor = Reactor::new().unwrap();
+        let (mut first, _peer) = mio::net::UnixStream::pair().unwrap();
+        let (old_token, _) = reactor.register(&mut first).unwrap();
+        reactor.deregister(&mut first, old_token);
+        let (mut second, _peer2) = mio::net::UnixStream::pair().unwrap();
+        let (new_token, new_io) = reactor.register(&mut second).unwrap();
+        let slab = reactor.lock_sources();
+        assert_eq!(
+            old_token & INDEX_MASK,
+            new_token & INDEX_MASK,
+            "the slot is reused"
+        );
+        assert_ne!(old_token, new_token);
+        assert!(slab.get(old_token).is_none(), "a stale token finds nothing");
+        assert!(Arc::ptr_eq(slab.get(new_token).unwrap(), &new_io));
+        drop(slab);
+        // Releasing with the stale token leaves the new registration alone.
+        reactor.release(old_token);
+        assert!(reactor.lock_sources().get(new_token).is_some());
+        assert_ne!(new_token, WAKE_TOKEN.0);
     }
 }
