@@ -100,19 +100,10 @@ impl http_body::Body for PartThenFail {
 fn an_http2_stream_reset_mid_body_is_connection_reset() {
     let (server, rx) = reporting(server());
     let addr = server.addr();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // Kept to the end: dropping it would close the connection too early.
+    let runtime = tokio_runtime();
     runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
+        let (mut sender, _connection) = h2_connect(addr).await;
         let request = http::Request::post(format!("http://{addr}/"))
             .body(PartThenFail(0))
             .unwrap();

@@ -214,19 +214,9 @@ fn http2_connection_gets_goaway_and_finishes_its_stream() {
         thread::sleep(Duration::from_millis(500));
         Response::new(Body::new("finished"))
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::tokio_runtime();
     let body = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        let connection = tokio::spawn(connection);
+        let (mut sender, connection) = common::h2_connect(addr).await;
         let request = http::Request::get(format!("http://{addr}/"))
             .body(Empty::<Bytes>::new())
             .unwrap();

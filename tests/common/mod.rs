@@ -822,6 +822,41 @@ pub fn raw_unix_request(path: &std::path::Path, request: &[u8]) -> String {
 /// writes `send` on the stream and reads until `done` says what arrived is
 /// complete; returns what arrived. hyper's client, on a tokio runtime of its
 /// own; every step is bounded.
+/// A current-thread tokio runtime, for the tests that drive hyper's own
+/// HTTP/2 client ([`h2_connect`]).
+#[cfg(feature = "http2")]
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection to `addr` with hyper's
+/// client, inside a [`tokio_runtime`]: the sender, and the spawned task that
+/// drives the connection.
+#[cfg(feature = "http2")]
+pub async fn h2_connect<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
 #[cfg(feature = "http2")]
 pub fn h2_extended_connect(
     addr: SocketAddr,
@@ -844,20 +879,10 @@ pub fn h2_extended_connect(
     request
         .extensions_mut()
         .insert(hyper::ext::Protocol::from_static(protocol));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio_runtime();
     runtime.block_on(async move {
         let limit = Duration::from_secs(10);
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
+        let (mut sender, _connection) = h2_connect(addr).await;
         let response = tokio::time::timeout(limit, sender.send_request(request))
             .await
             .expect("the CONNECT is answered")
