@@ -124,18 +124,10 @@ fn shutdown_closes_are_counted_and_stats_outlive_serve() {
 fn http2_and_upgraded_connections_have_their_own_counts() {
     let server = start(server(), |mut request: Request, _info: ConnectionInfo| {
         match astra::Upgrade::from_request(&mut request) {
-            Some(upgrade) => {
-                let switching = astra::ResponseBuilder::new()
-                    .status(101)
-                    .header("connection", "upgrade")
-                    .header("upgrade", "x")
-                    .body(Body::empty())
-                    .unwrap();
-                upgrade.respond(switching, |mut stream| {
-                    let mut buf = [0; 1];
-                    let _ = std::io::Read::read(&mut stream, &mut buf);
-                })
-            }
+            Some(upgrade) => upgrade.respond(switching("x"), |mut stream| {
+                let mut buf = [0; 1];
+                let _ = std::io::Read::read(&mut stream, &mut buf);
+            }),
             None => Response::new(Body::empty()),
         }
     });

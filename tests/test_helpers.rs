@@ -108,13 +108,7 @@ fn echo_upgrade(mut request: Request, _info: ConnectionInfo) -> Response {
             .body(Body::new("ask for upgrade: echo"))
             .unwrap();
     };
-    let switching = astra::ResponseBuilder::new()
-        .status(101)
-        .header("connection", "upgrade")
-        .header("upgrade", "echo")
-        .body(Body::empty())
-        .unwrap();
-    upgrade.respond(switching, |mut stream| {
+    upgrade.respond(common::switching("echo"), |mut stream| {
         let mut buf = [0; 8192];
         let mut total = 0usize;
         loop {
@@ -200,11 +194,7 @@ fn the_test_sees_the_end_when_the_continuation_returns_and_vice_versa() {
     let handler = move |mut request: Request, _info: ConnectionInfo| {
         let upgrade = astra::Upgrade::from_request(&mut request).unwrap();
         let done = done_tx.clone();
-        let switching = astra::ResponseBuilder::new()
-            .status(101)
-            .body(Body::empty())
-            .unwrap();
-        upgrade.respond(switching, move |mut stream| {
+        upgrade.respond(common::switching("echo"), move |mut stream| {
             let mut buf = [0; 16];
             let read = stream.read(&mut buf);
             done.send(read.map_err(|e| e.kind())).unwrap();
@@ -220,12 +210,8 @@ fn the_test_sees_the_end_when_the_continuation_returns_and_vice_versa() {
 fn a_stream_read_waits_at_most_its_timeout() {
     let handler = |mut request: Request, _info: ConnectionInfo| {
         let upgrade = astra::Upgrade::from_request(&mut request).unwrap();
-        let switching = astra::ResponseBuilder::new()
-            .status(101)
-            .body(Body::empty())
-            .unwrap();
         // Silent until the client goes.
-        upgrade.respond(switching, |mut stream| {
+        upgrade.respond(common::switching("echo"), |mut stream| {
             let _ = stream.read(&mut [0; 1]);
         })
     };

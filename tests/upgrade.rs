@@ -12,17 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use astra::test::TestServer;
-use astra::{Body, ConnectionInfo, Request, Response, ResponseBuilder, Server, Upgrade, Upgraded};
+use astra::{Body, ConnectionInfo, Request, ResponseBuilder, Server, Upgrade, Upgraded};
 use common::*;
-
-fn switching(protocol: &str) -> Response {
-    ResponseBuilder::new()
-        .status(101)
-        .header("connection", "upgrade")
-        .header("upgrade", protocol)
-        .body(Body::empty())
-        .unwrap()
-}
 
 /// Echoes every line, upper-cased, until the client closes; then reports.
 fn echo_lines(stream: Upgraded, done: mpsc::Sender<io::Result<usize>>) {

@@ -102,6 +102,16 @@ fn poll_until<T>(limit: Duration, mut attempt: impl FnMut() -> Result<T, String>
     }
 }
 
+/// A `101 Switching Protocols` answer for an `Upgrade: protocol` request.
+pub fn switching(protocol: &str) -> astra::Response {
+    astra::ResponseBuilder::new()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", protocol)
+        .body(astra::Body::empty())
+        .unwrap()
+}
+
 /// A ureq agent with bounded timeouts that does not turn 4xx/5xx into errors.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::new_with_config(
