@@ -39,31 +39,37 @@ pub(crate) struct Protocols {
     pub(crate) access_log: bool,
 }
 
-/// Serves one accepted connection until it closes.
+impl Watch {
+    /// Watches a connection just accepted, counted as open (HTTP/1 until
+    /// it turns out otherwise).
+    fn new(conn: &Conn, protocols: &Arc<Protocols>, guard: ConnectionGuard) -> Watch {
+        let open = guard.signal().metrics.clone().open(Open::Http1);
+        Watch {
+            protocols: protocols.clone(),
+            activity: conn.activity().clone(),
+            guard,
+            sleep: None,
+            shutdown_sent: false,
+            keep_alive_only: false,
+            open,
+        }
+    }
+}
+
+/// Serves one accepted plaintext connection until it closes.
+///
+/// TLS connections have their own task (`serve_tls`), not a branch in this
+/// one: with the TLS path inside, this future was 9.3 KB instead of 4 KB
+/// and its poll touched 12 KB of stack on every worker, for plaintext
+/// connections too (S2: 21.0 against 17.3 MB resident).
 pub(crate) async fn serve(
     conn: Conn,
     protocols: Arc<Protocols>,
     service: HyperService,
     guard: ConnectionGuard,
-    #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let peer = Peer(service.info.peer_addr);
-    let activity = conn.activity().clone();
-    let guard_metrics = guard.signal().metrics.clone();
-    let mut watch = Watch {
-        protocols: protocols.clone(),
-        activity,
-        guard,
-        sleep: None,
-        shutdown_sent: false,
-        keep_alive_only: false,
-        open: guard_metrics.open(Open::Http1),
-    };
-    #[cfg(feature = "tls")]
-    if let Some(config) = tls {
-        serve_tls(watch, conn, protocols, service, config).await;
-        return;
-    }
+    let mut watch = Watch::new(&conn, &protocols, guard);
     let result = match protocols.mode {
         Mode::Http1Only => watch.run(serve_http1(&protocols, conn, service)).await,
         #[cfg(feature = "http2")]
@@ -135,14 +141,15 @@ impl std::fmt::Display for Peer {
 /// The TLS handshake (under the header-read timeout, like a request head),
 /// then the protocol ALPN chose: HTTP/2 for `h2`, HTTP/1.1 otherwise.
 #[cfg(feature = "tls")]
-async fn serve_tls(
-    mut watch: Watch,
+pub(crate) async fn serve_tls(
     conn: Conn,
     protocols: Arc<Protocols>,
     mut service: HyperService,
+    guard: ConnectionGuard,
     config: Arc<rustls::ServerConfig>,
 ) {
     let peer = Peer(service.info.peer_addr);
+    let mut watch = Watch::new(&conn, &protocols, guard);
     let accept = crate::tls::TlsStream::accept(conn, config);
     let stream = match watch.run(Prelude(Box::pin(accept))).await {
         Ended::Done(Ok(stream)) => stream,

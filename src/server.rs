@@ -1090,14 +1090,18 @@ fn start_connection(
         access_log: protocols.access_log,
     };
     let guard = signal.connection();
-    pool.spawn(conn::serve(
-        conn,
-        protocols.clone(),
-        service,
-        guard,
-        #[cfg(feature = "tls")]
-        tls,
-    ));
+    #[cfg(feature = "tls")]
+    if let Some(config) = tls {
+        pool.spawn(conn::serve_tls(
+            conn,
+            protocols.clone(),
+            service,
+            guard,
+            config,
+        ));
+        return;
+    }
+    pool.spawn(conn::serve(conn, protocols.clone(), service, guard));
 }
 
 /// Errors that concern only the connection being accepted.
