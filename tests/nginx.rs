@@ -99,6 +99,9 @@ fn start_nginx(binary: &Path, upstream: SocketAddr) -> (Nginx, SocketAddr) {
     let d = dir.display();
     let config = format!(
         "daemon off;
+# One process: the test's kill then ends all of nginx (a killed master
+# leaves its workers running).
+master_process off;
 worker_processes 1;
 user root;
 pid {d}/nginx.pid;
