@@ -43,7 +43,7 @@ impl Watch {
     /// Watches a connection just accepted, counted as open (HTTP/1 until
     /// it turns out otherwise).
     fn new(conn: &Conn, protocols: &Arc<Protocols>, guard: ConnectionGuard) -> Watch {
-        let open = guard.signal().metrics.clone().open(Open::Http1);
+        let open = guard.signal().metrics.open(Open::Http1);
         Watch {
             protocols: protocols.clone(),
             activity: conn.activity().clone(),
