@@ -752,15 +752,13 @@ fn worker_main(shared: Arc<Shared>) {
     // Alternate between the two queues so neither starves the other.
     let mut prefer_jobs = false;
     let mut lifo_streak = 0;
-    let mut passes: u32 = 0;
-    let mut yield_due = false;
+    // Passes since the last yield check; a check that falls due while the
+    // LIFO slot holds work waits for the first pass without.
+    let mut passes_unchecked: u32 = 0;
     loop {
-        passes = passes.wrapping_add(1);
-        if passes % YIELD_CHECK_EVERY == 0 {
-            yield_due = true;
-        }
-        if yield_due && lifo_is_empty() {
-            yield_due = false;
+        passes_unchecked = passes_unchecked.saturating_add(1);
+        if passes_unchecked >= YIELD_CHECK_EVERY && lifo_is_empty() {
+            passes_unchecked = 0;
             if shared.others_runnable() {
                 // Another free worker can carry on, so this CPU can go to
                 // whatever waits for it: a client, a handler back from its
