@@ -986,8 +986,14 @@ once() {
     stop_server
 }
 
+# cpu_ticks: the CPU time the hypervisor gave to other guests (steal) and
+# all CPU time, in ticks since boot, summed over CPUs.
+cpu_ticks() {
+    awk '$1 == "cpu" { for (i = 2; i <= NF; i++) all += $i; print $9, all }' /proc/stat
+}
+
 run_scenario() {
-    local sc=$1 server rep reps=$REPS
+    local sc=$1 server rep reps=$REPS steal_before ticks_before steal_after ticks_after
     [ "$sc" = S6 ] && reps=$S6_REPS
     # Repetitions are interleaved across servers, so that a burst of load from
     # elsewhere on a shared machine is spread over all of them rather than
@@ -1000,6 +1006,7 @@ run_scenario() {
             fi
             log "$sc $server run $rep/$reps"
             record "$sc" "$server" load1 "$(cut -d' ' -f1 /proc/loadavg)"
+            read -r steal_before ticks_before < <(cpu_ticks)
             case $sc in
                 S1) once S1 "$server" s1 "${METRICS[S1]}" ;;
                 S2) once S2 "$server" s2 "${METRICS[S2]}" ;;
@@ -1021,6 +1028,9 @@ run_scenario() {
                 S15) once S15 "$server" s15 "${METRICS[S15]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
+            read -r steal_after ticks_after < <(cpu_ticks)
+            record "$sc" "$server" steal "$(awk -v s=$((steal_after - steal_before)) \
+                -v t=$((ticks_after - ticks_before)) 'BEGIN { printf "%.1f", t ? 100 * s / t : 0 }')"
         done
         # S15's comparison row: plain ours (whether or not in $SERVERS) with
         # idle HTTP connections, in the same repetition as the WebSockets.
@@ -1176,6 +1186,20 @@ print_scenario() {
     if [ -n "$loads" ]; then
         echo
         echo "1-minute load average at the start of this scenario's runs: $loads"
+    fi
+    # On a virtual machine the host's other guests take CPU time that the load
+    # average does not show; a run with a few per cent stolen can lose its
+    # tail latency to it.
+    local steals
+    steals=$(for f in "$RES/$sc"/*/steal; do
+        [ -e "$f" ] && sed "s|^|${f%/steal} |" "$f"
+    done | awk '{ n++; if (n == 1 || $2 < lo) lo = $2; if ($2 > hi) hi = $2
+        if ($2 >= 2) { split($1, p, "/"); bad[p[length(p)]]++ } }
+        END { if (!n) exit; printf "%s to %s %%", lo, hi
+            sep = "; runs with 2 % or more: "; for (s in bad) { printf "%s%s x%d", sep, s, bad[s]; sep = ", " } }')
+    if [ -n "$steals" ]; then
+        echo
+        echo "CPU time stolen by the host during each run (all CPUs): $steals"
     fi
     echo
 }
