@@ -1193,7 +1193,7 @@ print_scenario() {
     local steals
     steals=$(for f in "$RES/$sc"/*/steal; do
         [ -e "$f" ] && sed "s|^|${f%/steal} |" "$f"
-    done | awk '{ n++; if (n == 1 || $2 < lo) lo = $2; if ($2 > hi) hi = $2
+    done | awk '{ n++; if (n == 1 || $2 < lo) lo = $2; if (n == 1 || $2 > hi) hi = $2
         if ($2 >= 2) { split($1, p, "/"); bad[p[length(p)]]++ } }
         END { if (!n) exit; printf "%s to %s %%", lo, hi
             sep = "; runs with 2 % or more: "; for (s in bad) { printf "%s%s x%d", sep, s, bad[s]; sep = ", " } }')
