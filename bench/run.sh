@@ -974,26 +974,31 @@ start_server_checked() {
     return 1
 }
 
-# once SC SERVER FUNCTION METRICS [KEY]: a fresh server, one run of FUNCTION,
-# stop. A failure to start is recorded in KEY's row (default SERVER).
-once() {
-    local sc=$1 server=$2 fn=$3 metrics=$4 key=${5:-$2}
-    if ! start_server_checked "$server" >"$LOGDIR/.why"; then
-        record_fail "$sc" "$key" "$(cat "$LOGDIR/.why")" $metrics
-        return
-    fi
-    "$fn" "$server"
-    stop_server
-}
-
 # cpu_ticks: the CPU time the hypervisor gave to other guests (steal) and
 # all CPU time, in ticks since boot, summed over CPUs.
 cpu_ticks() {
     awk '$1 == "cpu" { for (i = 2; i <= NF; i++) all += $i; print $9, all }' /proc/stat
 }
 
+# once SC SERVER FUNCTION METRICS [KEY]: a fresh server, one run of FUNCTION,
+# stop. A failure to start is recorded in KEY's row (default SERVER); the
+# share of CPU time stolen during the run, in KEY's steal.
+once() {
+    local sc=$1 server=$2 fn=$3 metrics=$4 key=${5:-$2} steal0 ticks0 steal1 ticks1
+    if ! start_server_checked "$server" >"$LOGDIR/.why"; then
+        record_fail "$sc" "$key" "$(cat "$LOGDIR/.why")" $metrics
+        return
+    fi
+    read -r steal0 ticks0 < <(cpu_ticks)
+    "$fn" "$server"
+    read -r steal1 ticks1 < <(cpu_ticks)
+    record "$sc" "$key" steal "$(awk -v s=$((steal1 - steal0)) -v t=$((ticks1 - ticks0)) \
+        'BEGIN { printf "%.1f", t ? 100 * s / t : 0 }')"
+    stop_server
+}
+
 run_scenario() {
-    local sc=$1 server rep reps=$REPS steal_before ticks_before steal_after ticks_after
+    local sc=$1 server rep reps=$REPS
     [ "$sc" = S6 ] && reps=$S6_REPS
     # Repetitions are interleaved across servers, so that a burst of load from
     # elsewhere on a shared machine is spread over all of them rather than
@@ -1006,7 +1011,6 @@ run_scenario() {
             fi
             log "$sc $server run $rep/$reps"
             record "$sc" "$server" load1 "$(cut -d' ' -f1 /proc/loadavg)"
-            read -r steal_before ticks_before < <(cpu_ticks)
             case $sc in
                 S1) once S1 "$server" s1 "${METRICS[S1]}" ;;
                 S2) once S2 "$server" s2 "${METRICS[S2]}" ;;
@@ -1028,9 +1032,6 @@ run_scenario() {
                 S15) once S15 "$server" s15 "${METRICS[S15]}" ;;
                 *) log "unknown scenario $sc" ;;
             esac
-            read -r steal_after ticks_after < <(cpu_ticks)
-            record "$sc" "$server" steal "$(awk -v s=$((steal_after - steal_before)) \
-                -v t=$((ticks_after - ticks_before)) 'BEGIN { printf "%.1f", t ? 100 * s / t : 0 }')"
         done
         # S15's comparison row: plain ours (whether or not in $SERVERS) with
         # idle HTTP connections, in the same repetition as the WebSockets.
@@ -1190,16 +1191,16 @@ print_scenario() {
     # On a virtual machine the host's other guests take CPU time that the load
     # average does not show; a run with a few per cent stolen can lose its
     # tail latency to it.
-    local steals
-    steals=$(for f in "$RES/$sc"/*/steal; do
-        [ -e "$f" ] && sed "s|^|${f%/steal} |" "$f"
-    done | awk '{ n++; if (n == 1 || $2 < lo) lo = $2; if (n == 1 || $2 > hi) hi = $2
-        if ($2 >= 2) { split($1, p, "/"); bad[p[length(p)]]++ } }
-        END { if (!n) exit; printf "%s to %s %%", lo, hi
-            sep = "; runs with 2 % or more: "; for (s in bad) { printf "%s%s x%d", sep, s, bad[s]; sep = ", " } }')
+    local steals disturbed="" server count
+    steals=$(cat "$RES/$sc"/*/steal 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi " %" }')
     if [ -n "$steals" ]; then
+        for server in "$RES/$sc"/*/; do
+            server=$(basename "$server")
+            count=$(awk '$1 >= 2' "$RES/$sc/$server/steal" 2>/dev/null | wc -l)
+            [ "$count" -gt 0 ] && disturbed+="${disturbed:+, }$server x$count"
+        done
         echo
-        echo "CPU time stolen by the host during each run (all CPUs): $steals"
+        echo "CPU time stolen by the host during each run (all CPUs): $steals${disturbed:+; runs with 2 % or more: $disturbed}"
     fi
     echo
 }
