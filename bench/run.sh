@@ -1043,6 +1043,12 @@ run_scenario() {
     done
 }
 
+# value_range SC METRIC: the lowest and the highest METRIC recorded over
+# SC's runs, as "LO to HI"; nothing if no run recorded it.
+value_range() {
+    cat "$RES/$1"/*/"$2" 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi }'
+}
+
 print_scenario() {
     local sc=$1
     case $sc in
@@ -1183,7 +1189,7 @@ print_scenario() {
             ;;
     esac
     local loads
-    loads=$(cat "$RES/$sc"/*/load1 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi }')
+    loads=$(value_range "$sc" load1)
     if [ -n "$loads" ]; then
         echo
         echo "1-minute load average at the start of this scenario's runs: $loads"
@@ -1192,7 +1198,7 @@ print_scenario() {
     # average does not show; a run with a few per cent stolen can lose its
     # tail latency to it.
     local steals disturbed="" server count
-    steals=$(cat "$RES/$sc"/*/steal 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo " to " hi " %" }')
+    steals=$(value_range "$sc" steal)
     if [ -n "$steals" ]; then
         for server in "$RES/$sc"/*/; do
             server=$(basename "$server")
@@ -1200,7 +1206,7 @@ print_scenario() {
             [ "$count" -gt 0 ] && disturbed+="${disturbed:+, }$server x$count"
         done
         echo
-        echo "CPU time stolen by the host during each run (all CPUs): $steals${disturbed:+; runs with 2 % or more: $disturbed}"
+        echo "CPU time stolen by the host during each run (all CPUs): $steals %${disturbed:+; runs with 2 % or more: $disturbed}"
     fi
     echo
 }
