@@ -125,6 +125,7 @@ impl Timer {
             deadline,
             key: None,
             entry: Arc::new(Entry::default()),
+            stored: None,
             pool: self.0.clone(),
         }
     }
@@ -146,6 +147,8 @@ pub(crate) struct Sleep {
     /// Set once registered with the timers.
     key: Option<Key>,
     entry: Arc<Entry>,
+    /// The waker last stored in `entry` (which keeps it until the timer fires).
+    stored: Option<Waker>,
     pool: Pool,
 }
 
@@ -158,6 +161,7 @@ impl Sleep {
     pub(crate) fn reset(&mut self, deadline: Instant) {
         self.unregister();
         self.entry = Arc::new(Entry::default());
+        self.stored = None;
         self.deadline = deadline;
     }
 
@@ -177,12 +181,18 @@ impl Future for Sleep {
         // finds this waker. (Checked first, a timer firing between the check
         // and the store took the previous waker, or none, and this one was
         // never woken.)
+        //
+        // The entry's lock is taken only for a new waker: a connection polls
+        // its deadline with the same waker on every wake-up, and the entry is
+        // memory no other part of the request touches.
+        if !self
+            .stored
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            let mut waker = sync::lock(&self.entry.waker);
-            match &mut *waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
+            let waker = cx.waker().clone();
+            *sync::lock(&self.entry.waker) = Some(waker.clone());
+            self.stored = Some(waker);
         }
         // Once registered, only the timers decide (no clock read per poll: a
         // connection polls its deadline on every wake-up).
@@ -360,6 +370,35 @@ mod tests {
             assert_eq!(count.wakes(), usize::from(fired), "{ago} ms ago");
         }
         assert_eq!(timers.len(), 1);
+    }
+
+    #[test]
+    fn sleep_polled_again_with_its_waker_is_still_woken() {
+        // Polls after the first, with the same waker, skip the entry's lock;
+        // the waker stored by the first must still be the one the timer wakes,
+        // and a waker swapped back in after another must be stored again.
+        let pool = test_pool();
+        let mut sleep = Timer(pool.clone()).sleep_until(Instant::now() + Duration::from_millis(30));
+        let (first, first_waker) = counting_waker();
+        let (other, other_waker) = counting_waker();
+        for waker in [
+            &first_waker,
+            &first_waker,
+            &other_waker,
+            &first_waker,
+            &first_waker,
+        ] {
+            let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(waker));
+            assert!(poll.is_pending(), "a 30 ms sleep completed at once");
+        }
+        assert!(
+            first.wait_for_wake(Duration::from_secs(5)),
+            "the waker polled last was not woken within 5 s"
+        );
+        assert_eq!(other.wakes(), 0, "the replaced waker was woken");
+        let poll = Pin::new(&mut sleep).poll(&mut Context::from_waker(&first_waker));
+        assert!(poll.is_ready(), "woken but still pending");
+        pool.shutdown(Duration::from_secs(5));
     }
 
     #[test]
