@@ -265,11 +265,20 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
                 bytes: 0,
             })
         });
-        let service = self.service.clone();
-        let info = self.info.clone();
-        let call = self
-            .pool
-            .call_user(may_inline, move || service.call_shared(request, info));
+        let call = if may_inline && self.pool.runs_inline() {
+            // The request stays in this frame: the closure holds a reference
+            // to it, not a copy (see `call_inline`).
+            let mut request = Some(request);
+            UserCall::Ready(Some(crate::runtime::pool::call_inline(|| {
+                let request = request.take().expect("called once");
+                self.service.call_shared(request, self.info.clone())
+            })))
+        } else {
+            let service = self.service.clone();
+            let info = self.info.clone();
+            self.pool
+                .call_user(false, move || service.call_shared(request, info))
+        };
         PendingResponse(Box::new(Pending {
             call,
             request: Some((method, uri)),

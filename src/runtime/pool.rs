@@ -249,12 +249,8 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let inline = may_inline
-            && with_context(|cx| {
-                cx.is_some_and(|cx| Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get())
-            });
-        if inline {
-            return UserCall::Ready(Some(user_section(|| catch_unwind(AssertUnwindSafe(f)))));
+        if may_inline && self.runs_inline() {
+            return UserCall::Ready(Some(call_inline(f)));
         }
         let slot: Arc<Mutex<CallSlot<T>>> = Arc::new(Mutex::new(CallSlot::default()));
         let job_slot = slot.clone();
@@ -271,6 +267,14 @@ impl Pool {
         });
         self.push_local_or_global(Runnable::Job(job), true);
         UserCall::Queued(slot)
+    }
+
+    /// Whether `call_user(true, ..)` would run its code inline: on one of this
+    /// pool's workers, outside user code.
+    pub(crate) fn runs_inline(&self) -> bool {
+        with_context(|cx| {
+            cx.is_some_and(|cx| Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get())
+        })
     }
 
     /// Blocks the calling thread, which is not a pool worker, until `future`
@@ -886,6 +890,14 @@ pub(crate) fn wait_for_wake(
         Some(shared) => shared.wait_once(parker, deadline),
         None => parker.park(deadline),
     }
+}
+
+/// Runs user code on this thread, as `call_user` does where
+/// [`Pool::runs_inline`] holds, catching its panic. A caller with large
+/// arguments passes a closure over references to them: what the closure
+/// captures is copied on its way into `catch_unwind`.
+pub(crate) fn call_inline<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    user_section(|| catch_unwind(AssertUnwindSafe(f)))
 }
 
 /// Runs `f`, user code that may block for a long time, counting the current
