@@ -289,3 +289,52 @@ fn a_handler_waiting_for_its_body_at_max_workers_runs_the_task_that_feeds_it() {
         shut_down(&pool);
     });
 }
+
+#[test]
+fn an_event_racing_a_poll_between_tasks_is_delivered() {
+    model(|| {
+        let pool = pool(2);
+        // A task waiting for a socket event; its waker goes here.
+        let event_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let waiting = Latch::new();
+        let done = Arc::new(Mutex::new(0));
+        let all_done = Latch::new();
+        let finish = {
+            let (done, all_done) = (done.clone(), all_done.clone());
+            move || {
+                let mut done = sync::lock(&done);
+                *done += 1;
+                if *done == 3 {
+                    all_done.set();
+                }
+            }
+        };
+        {
+            let (event_waker, waiting, finish) =
+                (event_waker.clone(), waiting.clone(), finish.clone());
+            let mut polled = false;
+            pool.spawn(poll_fn(move |cx| {
+                if polled {
+                    finish();
+                    return Poll::Ready(());
+                }
+                polled = true;
+                *sync::lock(&event_waker) = Some(cx.waker().clone());
+                waiting.set();
+                Poll::Pending
+            }));
+        }
+        waiting.wait();
+        // Two queued tasks: whoever takes the first polls the reactor
+        // without waiting (`POLL_EVERY` is 1 under loom) while the event
+        // comes in, and perhaps while the other worker parks.
+        for _ in 0..2 {
+            let finish = finish.clone();
+            pool.spawn(async move { finish() });
+        }
+        let waker = sync::lock(&event_waker).take().expect("stored");
+        pool.reactor().inject(waker);
+        all_done.wait();
+        shut_down(&pool);
+    });
+}

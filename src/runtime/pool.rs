@@ -55,6 +55,23 @@ const LIFO_BUDGET: u32 = 8;
 /// requests, far below the kernel's 4 ms tick.
 const YIELD_CHECK_EVERY: u32 = 16;
 
+/// While tasks are queued, a worker polls the reactor (without waiting) after
+/// every this many tasks it takes from the queue, and the tasks those events
+/// wake join the fresh queue (`State::fresh`). Without this, events wait
+/// behind the whole backlog until the queue runs dry.
+#[cfg(not(astra_loom))]
+const POLL_EVERY: u32 = 16;
+/// Under loom, at every task, so that the models go through it.
+#[cfg(astra_loom)]
+const POLL_EVERY: u32 = 1;
+
+/// At most this many tasks wait in the fresh queue; the rest of what a
+/// poll between tasks wakes joins the back of the main queue. In interleaved
+/// pinned hello runs at 1,000 connections 32 did better than 128 (80 against
+/// 69 thousand req/s, medians of 4): the fewer connections served out of
+/// turn, the more of what they touch is likely still in this core's cache.
+const FRESH_CAP: usize = 32;
+
 /// Pool settings.
 #[derive(Clone, Debug)]
 pub(crate) struct PoolConfig {
@@ -80,7 +97,7 @@ impl PoolRef {
         let shared = self.0.upgrade()?;
         let queued = {
             let state = shared.lock();
-            state.tasks.len() + state.jobs.len()
+            state.tasks.len() + state.fresh.len() + state.jobs.len()
         };
         Some((
             shared.workers.load(Ordering::Relaxed),
@@ -114,6 +131,16 @@ struct Shared {
 
 struct State {
     tasks: VecDeque<Arc<Task>>,
+    /// Tasks woken by events that came in while the queue was being worked
+    /// through (`POLL_EVERY`). They take turns with `tasks`: a connection
+    /// whose next request has just arrived is served while its socket and
+    /// buffers are still in this core's cache (the last response went out
+    /// moments ago), and the queue behind still moves at least every other
+    /// turn, so nothing waits more than about twice as long as first-come
+    /// order would make it.
+    fresh: VecDeque<Arc<Task>>,
+    /// Whether the next task comes from `fresh` when both queues hold some.
+    fresh_turn: bool,
     jobs: VecDeque<Job>,
     /// Live workers, counting those being started.
     workers: usize,
@@ -141,8 +168,22 @@ enum Polling {
 }
 
 impl State {
+    fn new() -> State {
+        State {
+            tasks: VecDeque::new(),
+            fresh: VecDeque::new(),
+            fresh_turn: false,
+            jobs: VecDeque::new(),
+            workers: 0,
+            idle: Vec::new(),
+            helpers: Vec::new(),
+            polling: Polling::No,
+            shutdown: false,
+        }
+    }
+
     fn queued(&self) -> bool {
-        !self.tasks.is_empty() || !self.jobs.is_empty()
+        !self.tasks.is_empty() || !self.fresh.is_empty() || !self.jobs.is_empty()
     }
 }
 
@@ -187,15 +228,7 @@ impl Pool {
             reactor,
             config,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            state: Mutex::new(State {
-                tasks: VecDeque::new(),
-                jobs: VecDeque::new(),
-                workers: 0,
-                idle: Vec::new(),
-                helpers: Vec::new(),
-                polling: Polling::No,
-                shutdown: false,
-            }),
+            state: Mutex::new(State::new()),
             exited: Condvar::new(),
             in_user: AtomicUsize::new(0),
             workers: AtomicUsize::new(0),
@@ -359,11 +392,22 @@ impl Pool {
             return;
         };
         self.push_local_or_global(first, false);
+        self.push_all(batch, false);
+    }
+
+    /// Queues what a poll between tasks woke (`POLL_EVERY`): tasks on the
+    /// fresh queue while it has room.
+    fn push_fresh(&self, batch: Vec<Runnable>) {
+        self.push_all(batch.into_iter(), true);
+    }
+
+    /// Queues `batch` under one lock and tells one other thread.
+    fn push_all(&self, batch: impl Iterator<Item = Runnable>, fresh: bool) {
         let shared = &self.0;
         let mut state = shared.lock();
         let mut any = None;
         for runnable in batch {
-            let is_task = state.enqueue(runnable);
+            let is_task = state.enqueue(runnable, fresh);
             any = Some(any.unwrap_or(false) || is_task);
         }
         let start = any.is_some_and(|is_task| shared.find_runner(&mut state, is_task));
@@ -373,7 +417,7 @@ impl Pool {
     fn push_global(&self, runnable: Runnable) {
         let shared = &self.0;
         let mut state = shared.lock();
-        let is_task = state.enqueue(runnable);
+        let is_task = state.enqueue(runnable, false);
         let start = shared.find_runner(&mut state, is_task);
         shared.unlock_then_start(state, start);
     }
@@ -387,11 +431,16 @@ impl Pool {
 }
 
 impl State {
-    /// Appends to the matching queue; returns whether it was a task.
-    fn enqueue(&mut self, runnable: Runnable) -> bool {
+    /// Appends to the matching queue (a task to `fresh` if asked and there
+    /// is room); returns whether it was a task.
+    fn enqueue(&mut self, runnable: Runnable, fresh: bool) -> bool {
         match runnable {
             Runnable::Task(task) => {
-                self.tasks.push_back(task);
+                if fresh && self.fresh.len() < FRESH_CAP {
+                    self.fresh.push_back(task);
+                } else {
+                    self.tasks.push_back(task);
+                }
                 true
             }
             Runnable::Job(job) => {
@@ -408,10 +457,21 @@ impl State {
                 return Some(Runnable::Job(job));
             }
         }
-        if let Some(task) = self.tasks.pop_front() {
+        if let Some(task) = self.pop_task() {
             return Some(Runnable::Task(task));
         }
         self.jobs.pop_front().map(Runnable::Job)
+    }
+
+    /// Takes a task, from `fresh` and `tasks` in turn while both hold some.
+    fn pop_task(&mut self) -> Option<Arc<Task>> {
+        self.fresh_turn = !self.fresh_turn;
+        let (first, second) = if self.fresh_turn {
+            (&mut self.fresh, &mut self.tasks)
+        } else {
+            (&mut self.tasks, &mut self.fresh)
+        };
+        first.pop_front().or_else(|| second.pop_front())
     }
 }
 
@@ -580,7 +640,7 @@ impl Shared {
         let mut state = self.lock();
         let nobody_else = self.free_awake(&state) == 0;
         if nobody_else {
-            if let Some(task) = state.tasks.pop_front() {
+            if let Some(task) = state.pop_task() {
                 drop(state);
                 run(Runnable::Task(task));
                 return true;
@@ -759,6 +819,8 @@ fn worker_main(shared: Arc<Shared>) {
     // Passes since the last yield check; a check that falls due while the
     // LIFO slot holds work waits for the first pass without.
     let mut passes_unchecked: u32 = 0;
+    // Tasks taken from the queue since this worker last polled the reactor.
+    let mut taken_since_poll: u32 = 0;
     loop {
         passes_unchecked = passes_unchecked.saturating_add(1);
         if passes_unchecked >= YIELD_CHECK_EVERY && lifo_is_empty() {
@@ -788,6 +850,25 @@ fn worker_main(shared: Arc<Shared>) {
         let mut state = shared.lock();
         prefer_jobs = !prefer_jobs;
         if let Some(runnable) = state.pop(prefer_jobs) {
+            taken_since_poll += 1;
+            if taken_since_poll >= POLL_EVERY && state.queued() && state.polling == Polling::No {
+                taken_since_poll = 0;
+                if let Some(mut driver) = shared.reactor.try_driver() {
+                    drop(state);
+                    // Never waits, and returns to this loop: nobody counts on
+                    // this worker being in the poll, as after a blocking one.
+                    set_batch(Some(Vec::new()));
+                    shared
+                        .reactor
+                        .turn(&mut driver, Some(Duration::ZERO), || {});
+                    drop(driver);
+                    if let Some(batch) = set_batch(None) {
+                        Pool(shared.clone()).push_fresh(batch);
+                    }
+                    run(runnable);
+                    continue;
+                }
+            }
             drop(state);
             run(runnable);
             continue;
@@ -803,6 +884,7 @@ fn worker_main(shared: Arc<Shared>) {
                 state.polling = Polling::Worker;
                 shared.worker_in_poll.store(true, Ordering::Relaxed);
                 drop(state);
+                taken_since_poll = 0;
                 set_batch(Some(Vec::new()));
                 shared.reactor.turn(&mut driver, None, || {
                     shared.worker_in_poll.store(false, Ordering::Relaxed);
@@ -1131,5 +1213,113 @@ mod tests {
         pool.block_on(timer.sleep_until(started + Duration::from_millis(30)));
         assert!(started.elapsed() >= Duration::from_millis(30));
         assert_eq!(pool.snapshot().0, 0, "no worker was started");
+    }
+
+    #[test]
+    fn fresh_tasks_take_turns_with_the_queue_and_overflow_behind_it() {
+        let pool = pool(1);
+        let task = || Task::new(async {}, pool.clone());
+        let queued: Vec<_> = (0..3).map(|_| task()).collect();
+        let fresh: Vec<_> = (0..FRESH_CAP + 1).map(|_| task()).collect();
+        let mut state = State::new();
+        for t in &queued {
+            assert!(state.enqueue(Runnable::Task(t.clone()), false));
+        }
+        for t in &fresh {
+            assert!(state.enqueue(Runnable::Task(t.clone()), true));
+        }
+        assert_eq!(state.fresh.len(), FRESH_CAP, "the fresh queue is capped");
+        let mut order = Vec::new();
+        while let Some(t) = state.pop_task() {
+            order.push(t);
+        }
+        // Turns alternate while both queues hold tasks: fresh, queued, ...
+        let expected: Vec<&Arc<Task>> = vec![
+            &fresh[0], &queued[0], &fresh[1], &queued[1], &fresh[2], &queued[2],
+        ];
+        for (at, want) in expected.into_iter().enumerate() {
+            assert!(Arc::ptr_eq(&order[at], want), "turn {at}");
+        }
+        // The one over the cap joined the back of the main queue: its turn
+        // comes right after the three queued before it, then the fresh ones
+        // left run in a row.
+        assert_eq!(order.len(), FRESH_CAP + 4);
+        assert!(Arc::ptr_eq(&order[6], &fresh[3]));
+        assert!(Arc::ptr_eq(&order[7], &fresh[FRESH_CAP]));
+        assert!(Arc::ptr_eq(&order[8], &fresh[4]));
+    }
+
+    /// An event that comes in while a worker works through a long queue is
+    /// served after a few tasks, not after the whole queue.
+    #[test]
+    fn an_event_during_a_backlog_is_served_before_the_backlog_ends() {
+        use super::super::reactor::READABLE;
+        use std::io::{Read, Write};
+
+        const BACKLOG: usize = 200;
+        const EVENT: usize = usize::MAX;
+        let pool = pool(1);
+        let (mut ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
+        let (token, io) = pool.reactor().register(&mut ours).unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+        // A task waiting for a byte on `ours`.
+        let (waiting_tx, waiting_rx) = mpsc::channel();
+        let task_pool = pool.clone();
+        let task_order = order.clone();
+        pool.spawn(async move {
+            let mut told = false;
+            std::future::poll_fn(|cx| loop {
+                match io.poll_ready(cx, READABLE) {
+                    Poll::Pending => {
+                        if !told {
+                            told = true;
+                            waiting_tx.send(()).unwrap();
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(tick) => match ours.read(&mut [0; 1]) {
+                        Ok(_) => return Poll::Ready(()),
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            io.clear(READABLE, tick);
+                        }
+                        Err(err) => panic!("read failed: {err}"),
+                    },
+                }
+            })
+            .await;
+            task_pool.reactor().deregister(&mut ours, token);
+            task_order.lock().unwrap().push(EVENT);
+        });
+        waiting_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        // Hold the only worker in a task while the backlog queues up and the
+        // byte arrives.
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        pool.spawn(async move {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(10));
+        });
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        for i in 0..BACKLOG {
+            let order = order.clone();
+            pool.spawn(async move { order.lock().unwrap().push(i) });
+        }
+        theirs.write_all(b"x").unwrap();
+        release_tx.send(()).unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while order.lock().unwrap().len() < BACKLOG + 1 {
+            assert!(Instant::now() < deadline, "the tasks did not all run");
+            std::thread::yield_now();
+        }
+        let order = order.lock().unwrap();
+        let at = order.iter().position(|&i| i == EVENT).unwrap();
+        assert!(
+            at < BACKLOG / 4,
+            "the event's task ran at {at} of {}",
+            order.len()
+        );
     }
 }

@@ -58,15 +58,16 @@ impl Reactor {
     }
 
     /// Waits for `wake_driver` or an injected event (loom has no clock, so
-    /// `timeout` is not honoured), then wakes what the events concern.
+    /// a `timeout` other than zero is not honoured), then wakes what the
+    /// events concern.
     pub(crate) fn turn(
         &self,
         _driver: &mut Driver,
-        _timeout: Option<Duration>,
+        timeout: Option<Duration>,
         after_poll: impl FnOnce(),
     ) -> usize {
         let mut pending = sync::lock(&self.pending);
-        while !pending.woken && pending.events.is_empty() {
+        while !pending.woken && pending.events.is_empty() && timeout != Some(Duration::ZERO) {
             pending = sync::wait(&self.condvar, pending, None);
         }
         pending.woken = false;
