@@ -4,7 +4,9 @@
 //! thread. A worker runs what is queued (connection tasks, which never block,
 //! and jobs, which run user code), and with nothing queued it polls the reactor
 //! if nobody does, or parks. A job spawned by a task goes to the worker's LIFO
-//! slot, so the same thread runs it right after the task yields.
+//! slot, so the same thread runs it right after the task yields. While work is
+//! queued, a worker also polls the reactor without waiting every few tasks;
+//! what that wakes takes turns with the queue instead of waiting behind it.
 //!
 //! Liveness rests on one rule, applied at the moment things change and never
 //! on a clock: **while any worker is inside user code, some other thread can
