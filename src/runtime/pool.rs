@@ -37,7 +37,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::park::Parker;
-use super::reactor::Reactor;
+use super::reactor::{Driver, Reactor};
 use super::sync::{
     self, thread, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
@@ -407,6 +407,9 @@ impl Pool {
     /// Queues what a poll between tasks woke (`POLL_EVERY`): tasks on the
     /// fresh queue while it has room.
     fn push_fresh(&self, batch: Vec<Runnable>) {
+        if batch.is_empty() {
+            return;
+        }
         self.push_all(batch.into_iter(), true);
     }
 
@@ -665,15 +668,12 @@ impl Shared {
                 state.polling = Polling::Helper;
                 drop(state);
                 let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                set_batch(Some(Vec::new()));
-                self.reactor.turn(&mut driver, timeout, || {
+                let woken = turn_collecting(&self.reactor, &mut driver, timeout, || {
                     parker.stop_polling();
                     self.lock().polling = Polling::No;
                 });
                 drop(driver);
-                if let Some(woken) = set_batch(None) {
-                    run_tasks_queue_jobs(&pool, woken);
-                }
+                run_tasks_queue_jobs(&pool, woken);
                 if parker.is_notified() {
                     // Going back to user code (or out of the pool): the I/O
                     // role must not leave with this thread.
@@ -795,6 +795,19 @@ fn enter(shared: &Arc<Shared>) {
     });
 }
 
+/// One reactor turn (see `Reactor::turn`) with the work it wakes collected
+/// on this thread instead of queued one by one; returns that work.
+fn turn_collecting(
+    reactor: &Reactor,
+    driver: &mut Driver,
+    timeout: Option<Duration>,
+    after_poll: impl FnOnce(),
+) -> Vec<Runnable> {
+    set_batch(Some(Vec::new()));
+    reactor.turn(driver, timeout, after_poll);
+    set_batch(None).unwrap_or_default()
+}
+
 /// Starts (`Some`) or ends (`None`) collecting woken work; returns what was
 /// collected.
 fn set_batch(batch: Option<Vec<Runnable>>) -> Option<Vec<Runnable>> {
@@ -861,25 +874,23 @@ fn worker_main(shared: Arc<Shared>) {
         prefer_jobs = !prefer_jobs;
         if let Some(runnable) = state.pop(prefer_jobs) {
             taken_since_poll += 1;
-            if taken_since_poll >= POLL_EVERY && state.queued() && state.polling == Polling::No {
+            let poll_now =
+                taken_since_poll >= POLL_EVERY && state.queued() && state.polling == Polling::No;
+            let driver = if poll_now {
                 taken_since_poll = 0;
-                if let Some(mut driver) = shared.reactor.try_driver() {
-                    drop(state);
-                    // Never waits, and returns to this loop: nobody counts on
-                    // this worker being in the poll, as after a blocking one.
-                    set_batch(Some(Vec::new()));
-                    shared
-                        .reactor
-                        .turn(&mut driver, Some(Duration::ZERO), || {});
-                    drop(driver);
-                    if let Some(batch) = set_batch(None) {
-                        Pool(shared.clone()).push_fresh(batch);
-                    }
-                    run(runnable);
-                    continue;
-                }
-            }
+                shared.reactor.try_driver()
+            } else {
+                None
+            };
             drop(state);
+            if let Some(mut driver) = driver {
+                // Never waits, and returns to this loop: nobody counts on
+                // this worker being in the poll, as after a blocking one.
+                let woken =
+                    turn_collecting(&shared.reactor, &mut driver, Some(Duration::ZERO), || {});
+                drop(driver);
+                Pool(shared.clone()).push_fresh(woken);
+            }
             run(runnable);
             continue;
         }
@@ -895,15 +906,12 @@ fn worker_main(shared: Arc<Shared>) {
                 shared.worker_in_poll.store(true, Ordering::Relaxed);
                 drop(state);
                 taken_since_poll = 0;
-                set_batch(Some(Vec::new()));
-                shared.reactor.turn(&mut driver, None, || {
+                let woken = turn_collecting(&shared.reactor, &mut driver, None, || {
                     shared.worker_in_poll.store(false, Ordering::Relaxed);
                     shared.lock().polling = Polling::No;
                 });
                 drop(driver);
-                if let Some(batch) = set_batch(None) {
-                    Pool(shared.clone()).push_batch(batch);
-                }
+                Pool(shared.clone()).push_batch(woken);
                 continue;
             }
         }
