@@ -1,5 +1,29 @@
 //! The runtime under the server: a reactor polled by whichever thread is free,
 //! and the pool that runs connection tasks and user code.
+//!
+//! # Lock order
+//!
+//! A thread that holds more than one of the runtime's locks took them in
+//! this order, and every change must keep it:
+//!
+//! 1. the reactor's driver (`Reactor::try_driver`: the right to poll);
+//! 2. the pool's state (`pool::State`);
+//! 3. a parker's state (`park::Parker`), and the leaf locks: a socket's
+//!    wakers, a timer entry, a task's future, a user call's slot.
+//!
+//! The pool's state reaches the driver only through `try_driver`, which
+//! never waits, so holding the state while trying for the driver cannot
+//! deadlock against a poller that takes the state after its poll. Wakers are
+//! called with no runtime lock held but the driver (a reactor turn) or none.
+//!
+//! # Unwinding
+//!
+//! Every flag, capture and count set around user code or a poll is put back
+//! by a guard that also runs on unwind: `user_section`'s exit (inside user
+//! code), `PollerRole` (who polls), `Capture` (work woken on this thread),
+//! `Waiter` (the I/O role of a thread that waited), `HelpingMark` (a thread
+//! outside the pool running a pool task) and `WorkerUnwind` (a worker's
+//! count).
 
 #[cfg(all(test, astra_loom))]
 mod models;

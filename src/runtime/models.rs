@@ -338,3 +338,144 @@ fn an_event_racing_a_poll_between_tasks_is_delivered() {
         shut_down(&pool);
     });
 }
+
+#[test]
+fn a_helper_whose_deadline_passes_in_the_poll_hands_the_reactor_on() {
+    model(|| {
+        let pool = pool(2);
+        // C: a connection task that feeds B's body once its event comes in.
+        let body: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
+        let event_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let c_waiting = Latch::new();
+        {
+            let (body, event_waker, c_waiting) =
+                (body.clone(), event_waker.clone(), c_waiting.clone());
+            let mut polled = false;
+            pool.spawn(poll_fn(move |cx| {
+                if !polled {
+                    polled = true;
+                    *sync::lock(&event_waker) = Some(cx.waker().clone());
+                    c_waiting.set();
+                    return Poll::Pending;
+                }
+                let waker = {
+                    let mut body = sync::lock(&body);
+                    body.0 = Some(7);
+                    body.1.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Poll::Ready(())
+            }));
+        }
+        c_waiting.wait();
+        // A: a handler whose body never comes; its read gives up at its
+        // deadline, and it goes on with blocking work until `release_a`.
+        let a_waiting = Latch::new();
+        let release_a = Latch::new();
+        {
+            let (pool2, a_waiting, release_a) =
+                (pool.clone(), a_waiting.clone(), release_a.clone());
+            pool.spawn(async move {
+                let read = pool2.call_user(false, move || {
+                    let never = poll_fn(|_| {
+                        // The deadline is set by now.
+                        a_waiting.set();
+                        Poll::<()>::Pending
+                    });
+                    let timed_out =
+                        park::block_on_timeout(never, Some(Duration::from_secs(1)), None).is_none();
+                    release_a.wait();
+                    timed_out
+                });
+                assert!(read.await.expect("no panic"), "A's read timed out");
+            });
+        }
+        // B: a handler waiting for the body C feeds.
+        let b_done = Latch::new();
+        {
+            let (pool2, body, b_done) = (pool.clone(), body.clone(), b_done.clone());
+            pool.spawn(async move {
+                let read = pool2.call_user(false, move || {
+                    park::block_on_timeout(
+                        poll_fn(|cx| {
+                            let mut body = sync::lock(&body);
+                            match body.0 {
+                                Some(v) => Poll::Ready(v),
+                                None => {
+                                    body.1 = Some(cx.waker().clone());
+                                    Poll::Pending
+                                }
+                            }
+                        }),
+                        Some(Duration::from_secs(3600)),
+                        None,
+                    )
+                });
+                assert_eq!(read.await.expect("no panic"), Some(7));
+                b_done.set();
+            });
+        }
+        a_waiting.wait();
+        // A's deadline passes (in its poll of the reactor, if it polls);
+        // then B's body arrives. Both workers are inside user code, and A
+        // stays there: only B can take the event.
+        pool.reactor().advance_clock(Duration::from_secs(1));
+        let waker = sync::lock(&event_waker).take().expect("stored");
+        pool.reactor().inject(waker);
+        b_done.wait();
+        release_a.set();
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn a_task_queued_at_max_workers_interrupts_the_helper_that_polls() {
+    model(|| {
+        let pool = pool(1);
+        // The only worker waits inside user code for a value that only a
+        // task queued later delivers.
+        let value: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
+        let waiting = Latch::new();
+        let done = Latch::new();
+        {
+            let (pool2, value, waiting, done) =
+                (pool.clone(), value.clone(), waiting.clone(), done.clone());
+            pool.spawn(async move {
+                let read = pool2.call_user(false, move || {
+                    park::block_on(poll_fn(|cx| {
+                        let mut value = sync::lock(&value);
+                        match value.0 {
+                            Some(v) => Poll::Ready(v),
+                            None => {
+                                value.1 = Some(cx.waker().clone());
+                                waiting.set();
+                                Poll::Pending
+                            }
+                        }
+                    }))
+                });
+                assert_eq!(read.await.expect("no panic"), 5);
+                done.set();
+            });
+        }
+        waiting.wait();
+        // `grow` finds no room for a worker and interrupts the helper.
+        {
+            let value = value.clone();
+            pool.spawn(async move {
+                let waker = {
+                    let mut value = sync::lock(&value);
+                    value.0 = Some(5);
+                    value.1.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            });
+        }
+        done.wait();
+        shut_down(&pool);
+    });
+}

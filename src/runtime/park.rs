@@ -51,7 +51,7 @@ impl Parker {
             }
             let timeout = match deadline {
                 None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(deadline) => match deadline.checked_duration_since(sync::now()) {
                     Some(left) if !left.is_zero() => Some(left),
                     _ => return false,
                 },
@@ -65,11 +65,6 @@ impl Parker {
     /// Consumes an unpark that already happened, without waiting.
     pub(crate) fn take(&self) -> bool {
         std::mem::take(&mut sync::lock(&self.state).notified)
-    }
-
-    /// Whether an unpark is pending (not consumed).
-    pub(crate) fn is_notified(&self) -> bool {
-        sync::lock(&self.state).notified
     }
 
     /// Wakes the thread, or makes its next `park` return at once.
@@ -136,18 +131,20 @@ pub(crate) fn block_on_timeout<F: Future>(
     timeout: Option<Duration>,
     pool: Option<&Pool>,
 ) -> Option<F::Output> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|t| sync::now() + t);
     let mut future = pin!(future);
     let parker = Parker::new();
     let waker = Waker::from(parker.clone());
     let mut cx = Context::from_waker(&waker);
+    // Dropped on every way out, a panic in a poll included.
+    let mut waiter = pool::Waiter::new(parker, pool);
     loop {
         // Tasks this poll wakes (the connection feeding a body) run here, at
         // once, instead of waking another thread and sleeping until it has.
         if let Poll::Ready(output) = pool::poll_and_help(|| future.as_mut().poll(&mut cx)) {
             return Some(output);
         }
-        if !pool::wait_for_wake(&parker, deadline, pool) {
+        if !waiter.wait(deadline) {
             return None;
         }
     }

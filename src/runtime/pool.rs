@@ -651,8 +651,18 @@ impl Shared {
     /// its own wake-up or an event. Otherwise it parks, listed as a helper
     /// that `grow` can wake. Returns false once `deadline` has passed; true
     /// means "poll your future again".
-    fn wait_once(self: &Arc<Self>, parker: &Arc<Parker>, deadline: Option<Instant>) -> bool {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+    ///
+    /// `holds_role` says whether the thread's last step was a turn of the
+    /// reactor: it may be the only thread that would poll, so it must hand
+    /// that role on whenever it stops waiting, however it stops (its
+    /// future ready, its deadline, a panic). [`Waiter`]'s drop does that.
+    fn wait_once(
+        self: &Arc<Self>,
+        parker: &Arc<Parker>,
+        deadline: Option<Instant>,
+        holds_role: &mut bool,
+    ) -> bool {
+        if deadline.is_some_and(|d| sync::now() >= d) {
             // One last poll if a wake-up came in at the very end.
             return parker.take();
         }
@@ -661,7 +671,7 @@ impl Shared {
         if nobody_else {
             if let Some(task) = state.pop_task() {
                 drop(state);
-                run(Runnable::Task(task));
+                run_for_pool(self, Runnable::Task(task));
                 return true;
             }
         }
@@ -673,23 +683,21 @@ impl Shared {
                 }
                 state.polling = Polling::Helper;
                 drop(state);
-                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let woken = turn_collecting(&self.reactor, &mut driver, timeout, || {
-                    parker.stop_polling();
-                    self.lock().polling = Polling::No;
-                });
+                *holds_role = true;
+                let timeout = deadline.map(|d| d.saturating_duration_since(sync::now()));
+                let mut role = PollerRole::helper(self, parker);
+                let woken = turn_collecting(&self.reactor, &mut driver, timeout, || role.release());
                 drop(driver);
-                run_tasks_queue_jobs(&pool, woken);
-                if parker.is_notified() {
-                    // Going back to user code (or out of the pool): the I/O
-                    // role must not leave with this thread.
-                    self.hand_off_now();
+                for runnable in woken {
+                    run_for_pool(self, runnable);
                 }
                 return true;
             }
         }
         state.helpers.push(parker.clone());
         drop(state);
+        // Whoever polls now, it is not this thread.
+        *holds_role = false;
         let woken = parker.park(deadline);
         let mut state = self.lock();
         if let Some(at) = state.helpers.iter().position(|p| Arc::ptr_eq(p, parker)) {
@@ -699,7 +707,98 @@ impl Shared {
         // Woken by the future's waker or by the pool (a helper wanted): the
         // caller polls its future again and, if it is still pending, comes
         // back here, where the pool's work is looked at before any sleep.
-        woken || deadline.is_none_or(|d| Instant::now() < d)
+        woken || deadline.is_none_or(|d| sync::now() < d)
+    }
+}
+
+/// Who holds the reactor's poll, as `State::polling` records it: released
+/// by the turn right after its poll returns, or, if a panic comes first, by
+/// the drop, so that the record can never outlive the poll and keep every
+/// other thread from polling.
+struct PollerRole<'a> {
+    shared: &'a Shared,
+    /// The helper's parker, whose unpark interrupts the poll meanwhile;
+    /// `None` for a free worker.
+    helper: Option<&'a Parker>,
+    released: bool,
+}
+
+impl<'a> PollerRole<'a> {
+    fn worker(shared: &'a Shared) -> PollerRole<'a> {
+        PollerRole {
+            shared,
+            helper: None,
+            released: false,
+        }
+    }
+
+    fn helper(shared: &'a Shared, parker: &'a Parker) -> PollerRole<'a> {
+        PollerRole {
+            shared,
+            helper: Some(parker),
+            released: false,
+        }
+    }
+
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        match self.helper {
+            Some(parker) => parker.stop_polling(),
+            None => self.shared.worker_in_poll.store(false, Ordering::Relaxed),
+        }
+        self.shared.lock().polling = Polling::No;
+    }
+}
+
+impl Drop for PollerRole<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A thread's wait for its future's wake-ups (see `park::block_on_timeout`):
+/// the steps of [`Shared::wait_once`] when it helps a pool, a plain park
+/// otherwise. Dropping it, however the wait ends, hands the reactor on if
+/// this thread was the last to poll it: a thread that goes back to user
+/// code (or out of the pool) must not take the I/O role with it.
+pub(crate) struct Waiter {
+    parker: Arc<Parker>,
+    helping: Option<Arc<Shared>>,
+    holds_role: bool,
+}
+
+impl Waiter {
+    /// A worker inside user code helps its pool while it waits, and so does
+    /// any other thread that names the `pool` it waits on; a thread that
+    /// names none just parks.
+    pub(crate) fn new(parker: Arc<Parker>, pool: Option<&Pool>) -> Waiter {
+        let helping =
+            with_context(|cx| cx.filter(|cx| cx.in_user.get()).map(|cx| cx.shared.clone()))
+                .or_else(|| pool.map(|pool| pool.0.clone()));
+        Waiter {
+            parker,
+            helping,
+            holds_role: false,
+        }
+    }
+
+    /// Waits until the parker is unparked or `deadline` passes (then returns
+    /// false).
+    pub(crate) fn wait(&mut self, deadline: Option<Instant>) -> bool {
+        match &self.helping {
+            Some(shared) => shared.wait_once(&self.parker, deadline, &mut self.holds_role),
+            None => self.parker.park(deadline),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let (true, Some(shared)) = (self.holds_role, &self.helping) {
+            shared.hand_off_now();
+        }
     }
 }
 
@@ -771,30 +870,71 @@ impl<T> Future for UserCall<T> {
 
 impl<T> Unpin for UserCall<T> {}
 
+/// Runs a task or a job. Neither lets a panic out: a task catches its
+/// future's, a job its user code's (`call_user`); what is caught here came
+/// from around them (a `log` backend that panics while a panic is being
+/// reported, say), and must not end the thread the pool counts on.
 fn run(runnable: Runnable) {
-    match runnable {
+    let escaped = match runnable {
         Runnable::Task(task) => {
             set_in_task(true);
-            task.run();
+            let outcome = catch_unwind(AssertUnwindSafe(|| task.run()));
             set_in_task(false);
+            outcome.is_err()
         }
-        Runnable::Job(job) => {
-            // User code catches its own panics (`call_user`); this guards the
-            // delivery around it.
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                log::error!("a job panicked outside user code");
-            }
-        }
+        Runnable::Job(job) => catch_unwind(AssertUnwindSafe(job)).is_err(),
+    };
+    if escaped {
+        // Reporting it may panic again, for the same reason.
+        let _ = catch_unwind(|| log::error!("a panic escaped a task or a job"));
     }
 }
 
-/// Runs the tasks in `woken` on this thread and queues its jobs: what a
-/// thread inside user code collected, which must not run user code itself.
-fn run_tasks_queue_jobs(pool: &Pool, woken: Vec<Runnable>) {
-    for runnable in woken {
-        match runnable {
-            Runnable::Task(_) => run(runnable),
-            Runnable::Job(_) => pool.push_global(runnable),
+/// What a thread that waits (`Shared::wait_once`) does with work it took
+/// for the pool: runs a task, which never blocks, and queues a job, since
+/// the thread is inside user code or outside the pool and user code neither
+/// nests nor leaves the pool's workers. While a thread outside the pool
+/// runs the task, user code the task starts goes to the pool too (see
+/// [`call_user_here`]).
+fn run_for_pool(shared: &Arc<Shared>, runnable: Runnable) {
+    match runnable {
+        Runnable::Task(_) => {
+            let _helping = HelpingMark::set(shared);
+            run(runnable);
+        }
+        Runnable::Job(_) => Pool(shared.clone()).push_global(runnable),
+    }
+}
+
+#[cfg(not(astra_loom))]
+thread_local! {
+    /// On a thread outside the pool, while it runs one of the pool's tasks:
+    /// that pool.
+    static HELPING: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+}
+#[cfg(astra_loom)]
+loom::thread_local! {
+    static HELPING: RefCell<Option<Arc<Shared>>> = RefCell::new(None);
+}
+
+/// Marks the current thread, if it is not a worker, as running `shared`'s
+/// task until dropped (on unwind too).
+struct HelpingMark(bool);
+
+impl HelpingMark {
+    fn set(shared: &Arc<Shared>) -> HelpingMark {
+        if with_context(|cx| cx.is_some()) {
+            return HelpingMark(false);
+        }
+        HELPING.with(|helping| *helping.borrow_mut() = Some(shared.clone()));
+        HelpingMark(true)
+    }
+}
+
+impl Drop for HelpingMark {
+    fn drop(&mut self) {
+        if self.0 {
+            HELPING.with(|helping| helping.borrow_mut().take());
         }
     }
 }
@@ -820,18 +960,58 @@ fn turn_collecting(
     timeout: Option<Duration>,
     after_poll: impl FnOnce(),
 ) -> Vec<Runnable> {
-    set_batch(Some(Vec::new()));
-    reactor.turn(driver, timeout, after_poll);
-    set_batch(None).unwrap_or_default()
+    collecting(|| reactor.turn(driver, timeout, after_poll)).1
 }
 
-/// Starts (`Some`) or ends (`None`) collecting woken work; returns what was
-/// collected.
-fn set_batch(batch: Option<Vec<Runnable>>) -> Option<Vec<Runnable>> {
-    with_context(|cx| {
+/// Runs `f` with the work it wakes collected on this thread (a worker's
+/// `Context::batch`) instead of queued one by one; returns `f`'s output and
+/// that work. A capture already under way is put back afterwards. If `f`
+/// panics, the capture ends all the same and what it took is queued: a task
+/// marked scheduled must reach a queue, or no later wake-up runs it again.
+/// Off the pool, `f` just runs and wakes queue their work as usual.
+fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Runnable>) {
+    let Some((shared, outer)) = with_context(|cx| {
         let cx = cx?;
-        std::mem::replace(&mut *cx.batch.borrow_mut(), batch)
-    })
+        let outer = cx.batch.borrow_mut().replace(Vec::new());
+        Some((cx.shared.clone(), outer))
+    }) else {
+        return (f(), Vec::new());
+    };
+    let mut capture = Capture {
+        shared,
+        outer: Some(outer),
+    };
+    let output = f();
+    (output, capture.end())
+}
+
+/// A capture of woken work under way; see [`collecting`].
+struct Capture {
+    shared: Arc<Shared>,
+    /// The capture it replaced; `None` once ended.
+    outer: Option<Option<Vec<Runnable>>>,
+}
+
+impl Capture {
+    fn end(&mut self) -> Vec<Runnable> {
+        let Some(outer) = self.outer.take() else {
+            return Vec::new();
+        };
+        with_context(|cx| {
+            cx.and_then(|cx| std::mem::replace(&mut *cx.batch.borrow_mut(), outer))
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // Only when `f` unwound: otherwise `end` ran.
+        let woken = self.end();
+        if !woken.is_empty() {
+            Pool(self.shared.clone()).push_all(woken.into_iter(), false);
+        }
+    }
 }
 
 fn set_in_task(value: bool) {
@@ -853,6 +1033,10 @@ fn lifo_is_empty() -> bool {
 fn worker_main(shared: Arc<Shared>) {
     let parker = Parker::new();
     enter(&shared);
+    let _unwinding = WorkerUnwind {
+        shared: &shared,
+        parker: &parker,
+    };
     // Alternate between the two queues so neither starves the other.
     let mut prefer_jobs = false;
     let mut lifo_streak = 0;
@@ -925,10 +1109,8 @@ fn worker_main(shared: Arc<Shared>) {
                 shared.worker_in_poll.store(true, Ordering::Relaxed);
                 drop(state);
                 taken_since_poll = 0;
-                let woken = turn_collecting(&shared.reactor, &mut driver, None, || {
-                    shared.worker_in_poll.store(false, Ordering::Relaxed);
-                    shared.lock().polling = Polling::No;
-                });
+                let mut role = PollerRole::worker(&shared);
+                let woken = turn_collecting(&shared.reactor, &mut driver, None, || role.release());
                 drop(driver);
                 Pool(shared.clone()).push_batch(woken);
                 continue;
@@ -959,6 +1141,33 @@ fn worker_main(shared: Arc<Shared>) {
     }
 }
 
+/// Counts a worker out if a panic ends its thread: tasks and jobs catch
+/// their own (see [`run`]), so this is for the pool's own code, a reactor
+/// turn say. The pool must not go on counting a thread that is gone, nor
+/// lose the I/O role with it: another worker takes over, as at any hand-off.
+struct WorkerUnwind<'a> {
+    shared: &'a Arc<Shared>,
+    parker: &'a Arc<Parker>,
+}
+
+impl Drop for WorkerUnwind<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let shared = self.shared;
+        let mut state = shared.lock();
+        if let Some(at) = state.idle.iter().position(|p| Arc::ptr_eq(p, self.parker)) {
+            state.idle.remove(at);
+        }
+        state.workers -= 1;
+        shared.publish(&state);
+        shared.exited.notify_all();
+        let start = shared.hand_off(&mut state);
+        shared.unlock_then_start(state, start);
+    }
+}
+
 /// Runs `poll` (a handler polling its request body) with the tasks it wakes
 /// captured, then runs those tasks right here.
 ///
@@ -968,47 +1177,34 @@ fn worker_main(shared: Arc<Shared>) {
 /// Tasks never block, so the handler waits no longer for it. Captured jobs
 /// (user code) are queued as usual: user code must not nest.
 pub(crate) fn poll_and_help<T>(poll: impl FnOnce() -> T) -> T {
-    let Some((pool, previous)) = with_context(|cx| {
-        let cx = cx?;
-        let previous = cx.batch.borrow_mut().replace(Vec::new());
-        Some((Pool(cx.shared.clone()), previous))
-    }) else {
-        return poll();
-    };
-    let output = poll();
-    let woken = set_batch(previous).unwrap_or_default();
-    run_tasks_queue_jobs(&pool, woken);
+    let (output, woken) = collecting(poll);
+    if !woken.is_empty() {
+        let shared = with_context(|cx| cx.map(|cx| cx.shared.clone()))
+            .expect("only a worker collects what it wakes");
+        for runnable in woken {
+            run_for_pool(&shared, runnable);
+        }
+    }
     output
 }
 
-/// [`Pool::call_user`] on the current worker's pool, inlining allowed; off
-/// the pool (a body polled by a user's own thread) `f` just runs here.
+/// [`Pool::call_user`] on the current worker's pool, inlining allowed; on a
+/// thread outside the pool that runs one of its tasks, queued for a worker;
+/// on a user's own thread polling a body of its own, `f` just runs here.
 pub(crate) fn call_user_here<T, F>(f: F) -> UserCall<T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    match with_context(|cx| cx.map(|cx| Pool(cx.shared.clone()))) {
-        Some(pool) => pool.call_user(true, f),
-        None => UserCall::Ready(Some(catch_unwind(AssertUnwindSafe(f)))),
+    if let Some(pool) = with_context(|cx| cx.map(|cx| Pool(cx.shared.clone()))) {
+        return pool.call_user(true, f);
     }
-}
-
-/// Waits until `parker` is unparked or `deadline` passes (then returns
-/// false). A worker inside user code helps its pool meanwhile, and so does
-/// any other thread that names the `pool` it waits on (see
-/// `Shared::wait_once`); a thread that names none just parks.
-pub(crate) fn wait_for_wake(
-    parker: &Arc<Parker>,
-    deadline: Option<Instant>,
-    pool: Option<&Pool>,
-) -> bool {
-    let helping = with_context(|cx| cx.filter(|cx| cx.in_user.get()).map(|cx| cx.shared.clone()))
-        .or_else(|| pool.map(|pool| pool.0.clone()));
-    match helping {
-        Some(shared) => shared.wait_once(parker, deadline),
-        None => parker.park(deadline),
+    // A thread outside the pool that runs one of its tasks while it waits:
+    // the task's user code is the pool's to run, on a worker.
+    if let Some(shared) = HELPING.with(|helping| helping.borrow().clone()) {
+        return Pool(shared).call_user(false, f);
     }
+    UserCall::Ready(Some(catch_unwind(AssertUnwindSafe(f))))
 }
 
 /// Runs user code on this thread, as `call_user` does where
@@ -1076,6 +1272,204 @@ mod tests {
             assert!(Instant::now() < deadline, "{what}: stuck at {snapshot:?}");
             std::thread::yield_now();
         }
+    }
+
+    /// A panic in a future polled by a handler that waits (here: a body
+    /// read) must not leave the worker capturing wake-ups: what the poll
+    /// woke before it panicked runs, and so does what wakes later.
+    #[test]
+    fn a_task_woken_by_a_poll_that_panics_still_runs() {
+        let pool = pool(2);
+        let waker_slot: Arc<std::sync::Mutex<Option<Waker>>> = Arc::default();
+        let (polled_tx, polled_rx) = mpsc::channel();
+        let (ran_tx, ran_rx) = mpsc::channel();
+        {
+            let waker_slot = waker_slot.clone();
+            let mut polls = 0;
+            pool.spawn(std::future::poll_fn(move |cx| {
+                polls += 1;
+                ran_tx.send(polls).unwrap();
+                if polls == 3 {
+                    return Poll::Ready(());
+                }
+                *waker_slot.lock().unwrap() = Some(cx.waker().clone());
+                polled_tx.send(()).unwrap();
+                Poll::Pending
+            }));
+        }
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+        polled_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (pool2, slot) = (pool.clone(), waker_slot.clone());
+        pool.spawn(async move {
+            let outcome = pool2
+                .call_user(false, move || {
+                    let waker = slot.lock().unwrap().take().unwrap();
+                    super::super::park::block_on(std::future::poll_fn(|_| -> Poll<()> {
+                        waker.wake_by_ref();
+                        panic!("INTENTIONAL panic in a polled future");
+                    }))
+                })
+                .await;
+            assert!(outcome.is_err(), "the panic reaches the caller");
+        });
+        assert_eq!(
+            ran_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            2,
+            "the task woken before the panic ran"
+        );
+        polled_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // A later wake-up, from a thread of its own, runs it again.
+        waker_slot.lock().unwrap().take().unwrap().wake();
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 3);
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    /// A thread outside the pool that runs a pool task while it waits (an
+    /// upgraded stream's, a user's own) must leave the user code that task
+    /// starts to a worker, even with every worker busy.
+    #[test]
+    fn user_code_of_a_task_run_off_the_pool_runs_on_a_worker() {
+        let pool = pool(1);
+        // The only worker is inside user code until released.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (busy_tx, busy_rx) = mpsc::channel();
+        let pool2 = pool.clone();
+        pool.spawn(async move {
+            pool2
+                .call_user(false, move || {
+                    busy_tx.send(()).unwrap();
+                    release_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                })
+                .await
+                .unwrap();
+        });
+        busy_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        // A task whose user code notes its thread; this thread will run the
+        // task while it waits for the note.
+        type Slot = (Option<String>, Option<Waker>);
+        let slot: Arc<std::sync::Mutex<Slot>> = Arc::default();
+        let slot2 = slot.clone();
+        pool.spawn(async move {
+            let name = call_user_here(|| std::thread::current().name().map(str::to_string))
+                .await
+                .unwrap()
+                .unwrap_or_default();
+            let waker = {
+                let mut slot = slot2.lock().unwrap();
+                slot.0 = Some(name);
+                slot.1.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
+        // Releases the worker once the user code is queued for it (or has
+        // run somewhere already).
+        let gauges = pool.downgrade();
+        let noted = slot.clone();
+        let releaser = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while gauges.gauges().unwrap().2 == 0 && noted.lock().unwrap().0.is_none() {
+                assert!(Instant::now() < deadline, "nothing was queued");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            release_tx.send(()).unwrap();
+        });
+        let name = pool.block_on(std::future::poll_fn(|cx| {
+            let mut slot = slot.lock().unwrap();
+            match slot.0.clone() {
+                Some(name) => Poll::Ready(name),
+                None => {
+                    slot.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }));
+        releaser.join().unwrap();
+        assert_eq!(name, "astra-worker");
+        assert_eq!(pool.shutdown(Duration::from_secs(10)), 0);
+    }
+
+    /// A waker that says so, then panics, when an event wakes it.
+    struct PanickingWaker(std::sync::Mutex<mpsc::Sender<()>>);
+
+    impl std::task::Wake for PanickingWaker {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.lock().unwrap().send(());
+            panic!("INTENTIONAL panic in a waker");
+        }
+    }
+
+    /// A panic in the pool's own code (here: a waker called by a reactor
+    /// turn) ends that worker, which the pool then counts out (`shutdown`
+    /// finds every counted worker gone), and leaves the reactor to be polled
+    /// by the next worker: later events still run their tasks.
+    #[test]
+    fn a_worker_ended_by_a_panic_is_counted_out_and_the_reactor_still_polled() {
+        use super::super::reactor::READABLE;
+        use std::io::Write;
+
+        let pool = pool(2);
+        // A task so that a worker starts and polls the reactor.
+        let (tx, rx) = mpsc::channel();
+        pool.spawn(async move { tx.send(()).unwrap() });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        // A socket whose readiness wakes a panicking waker.
+        let (mut ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
+        let (token, io) = pool.reactor().register(&mut ours).unwrap();
+        let (panicked_tx, panicked_rx) = mpsc::channel();
+        let waker = Waker::from(Arc::new(PanickingWaker(std::sync::Mutex::new(panicked_tx))));
+        let mut cx = TaskContext::from_waker(&waker);
+        // Starts ready (see `ScheduledIo`): clear, then wait.
+        if let Poll::Ready(tick) = io.poll_ready(&mut cx, READABLE) {
+            io.clear(READABLE, tick);
+        }
+        assert!(io.poll_ready(&mut cx, READABLE).is_pending());
+        theirs.write_all(b"x").unwrap();
+        panicked_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        pool.reactor().deregister(&mut ours, token);
+
+        // Another socket's event still runs its task.
+        let (mut ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
+        let (token, io) = pool.reactor().register(&mut ours).unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (waiting_tx, waiting_rx) = mpsc::channel();
+        pool.spawn(async move {
+            let mut told = false;
+            std::future::poll_fn(|cx| loop {
+                match io.poll_ready(cx, READABLE) {
+                    Poll::Pending => {
+                        if !told {
+                            told = true;
+                            waiting_tx.send(()).unwrap();
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(tick) => match std::io::Read::read(&mut ours, &mut [0; 1]) {
+                        Ok(_) => return Poll::Ready(()),
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            io.clear(READABLE, tick);
+                        }
+                        Err(err) => panic!("read failed: {err}"),
+                    },
+                }
+            })
+            .await;
+            ready_tx.send(()).unwrap();
+        });
+        waiting_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        theirs.write_all(b"y").unwrap();
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the event after the panic is delivered");
+        let _ = token;
+        assert_eq!(
+            pool.shutdown(Duration::from_secs(10)),
+            0,
+            "no worker is counted that is not there to exit"
+        );
     }
 
     #[test]

@@ -57,17 +57,29 @@ impl Reactor {
         self.condvar.notify_all();
     }
 
-    /// Waits for `wake_driver` or an injected event (loom has no clock, so
-    /// a `timeout` other than zero is not honoured), then wakes what the
-    /// events concern.
+    /// Moves the model clock (`sync::now`) on by `by`, ending the turns
+    /// whose timeout that passes.
+    pub(crate) fn advance_clock(&self, by: Duration) {
+        let _pending = sync::lock(&self.pending);
+        sync::advance_clock(by);
+        self.condvar.notify_all();
+    }
+
+    /// Waits for `wake_driver`, an injected event, or `timeout` on the model
+    /// clock ([`Reactor::advance_clock`]), then wakes what the events concern.
+    /// Timers are not fired here: the models of timers fire them by hand.
     pub(crate) fn turn(
         &self,
         _driver: &mut Driver,
         timeout: Option<Duration>,
         after_poll: impl FnOnce(),
     ) -> usize {
+        let until = timeout.map(|timeout| sync::now() + timeout);
         let mut pending = sync::lock(&self.pending);
-        while !pending.woken && pending.events.is_empty() && timeout != Some(Duration::ZERO) {
+        while !pending.woken
+            && pending.events.is_empty()
+            && until.is_none_or(|until| sync::now() < until)
+        {
             pending = sync::wait(&self.condvar, pending, None);
         }
         pending.woken = false;

@@ -10,7 +10,7 @@
 //!
 //! [loom]: https://docs.rs/loom
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // `Arc` stays std's under loom too: wakers are made from it (`Waker::from`),
 // and reference counting is not what the models check.
@@ -66,4 +66,32 @@ pub(crate) fn wait<'a, T>(
     #[cfg(astra_loom)]
     let _ = timeout;
     condvar.wait(guard).unwrap_or_else(|e| e.into_inner())
+}
+
+/// The time that waits with a deadline (`park::block_on_timeout`, a parker,
+/// a helper's turn of the reactor) measure against.
+#[cfg(not(astra_loom))]
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+/// Under loom: a clock that moves only when a model says so
+/// ([`advance_clock`]), so that a deadline passes at one point of the
+/// schedule, the same in every run of it.
+#[cfg(astra_loom)]
+pub(crate) fn now() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now) + Duration::from_nanos(MODEL_CLOCK.load(Ordering::SeqCst))
+}
+
+#[cfg(astra_loom)]
+loom::lazy_static! {
+    /// Nanoseconds the model clock has moved in this run of a model.
+    static ref MODEL_CLOCK: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Moves the model clock on by `by`.
+#[cfg(astra_loom)]
+pub(crate) fn advance_clock(by: Duration) {
+    MODEL_CLOCK.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
 }

@@ -77,11 +77,12 @@ impl Task {
                 drop_guarded(future);
             }
             Err(_) => {
-                log::error!("a connection task panicked; closing that connection");
                 self.state.store(COMPLETE, Ordering::Release);
                 let future = slot.take();
                 drop(slot);
                 drop_guarded(future);
+                // Last: a `log` backend may panic too (the pool catches it).
+                log::error!("a connection task panicked; closed that connection");
             }
         }
     }
