@@ -346,7 +346,11 @@ pub(crate) fn panic_response(
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic payload");
-    log::error!("handler panicked on {method} {uri}: {message}; answering 500");
+    // A `log` backend may panic too (an `eprintln!` to a closed stderr):
+    // the client still gets its 500.
+    let _ = std::panic::catch_unwind(|| {
+        log::error!("handler panicked on {method} {uri}: {message}; answering 500");
+    });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
