@@ -196,6 +196,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     watch.keep_alive_only = true;
+    watch.activity.on_http2();
     watch.open.switch(Open::Http2);
     watch.run(boxed_http2(protocols, io, service)).await
 }

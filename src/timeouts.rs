@@ -70,6 +70,9 @@ pub(crate) struct Activity {
     metrics: Arc<crate::stats::Metrics>,
     /// The client closed or reset the connection with a request unfinished.
     client_gone: std::sync::atomic::AtomicBool,
+    /// The connection speaks HTTP/2: bytes between requests are frames of
+    /// the connection (settings, pings, a GOAWAY), not a request head begun.
+    http2: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -83,6 +86,7 @@ impl Activity {
             write_blocked: AtomicU64::new(0),
             metrics,
             client_gone: std::sync::atomic::AtomicBool::new(false),
+            http2: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,12 +107,19 @@ impl Activity {
         }
     }
 
+    /// The connection turned out to speak HTTP/2.
+    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
+    pub(crate) fn on_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
     /// The client closed its side: it went away if a request was unfinished
-    /// (in flight, or its head only begun).
+    /// (in flight, or its head only begun). An HTTP/2 client that sent a
+    /// GOAWAY and then closed was polite, not gone.
     pub(crate) fn on_eof(&self) {
-        if self.in_flight.load(Ordering::Relaxed) > 0
-            || self.head_started.load(Ordering::Relaxed) != 0
-        {
+        let head_begun =
+            self.head_started.load(Ordering::Relaxed) != 0 && !self.http2.load(Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) > 0 || head_begun {
             self.client_gone.store(true, Ordering::Relaxed);
         }
     }

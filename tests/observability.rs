@@ -244,3 +244,83 @@ fn no_access_log_unless_asked() {
         "{lines:?}"
     );
 }
+
+/// Serves one GET over raw HTTP/2 frames (prior knowledge), then closes the
+/// way a polite client does: a GOAWAY (if `goaway`), then FIN. Returns once
+/// the server has closed its side.
+#[cfg(feature = "http2")]
+fn http2_request_then_close(addr: std::net::SocketAddr, goaway: bool) {
+    use std::io::Read;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut frame = len.to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+    const ACK: u8 = 1;
+
+    let mut stream = connect(addr);
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    // GET / with :authority x (HPACK: three indexed fields and a literal).
+    let get = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &get));
+    stream.write_all(&hello).unwrap();
+    // Read frames until the response's last one, acknowledging settings.
+    loop {
+        let mut head = [0u8; 9];
+        stream
+            .read_exact(&mut head)
+            .expect("a frame from the server");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).unwrap();
+        if kind == SETTINGS && flags & ACK == 0 {
+            stream.write_all(&frame(SETTINGS, ACK, 0, &[])).unwrap();
+        }
+        if id == 1 && matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    if goaway {
+        // No server stream processed, no error.
+        stream.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    read_until_closed(&mut stream).expect("the server closes its side");
+}
+
+/// A client that ends an HTTP/2 connection politely, with a GOAWAY and then
+/// FIN, used to be counted `ClientGone`, while the same close without the
+/// GOAWAY was `Done`. Both are normal ends.
+#[cfg(feature = "http2")]
+#[test]
+fn http2_close_with_goaway_then_fin_is_done() {
+    let server = start(server(), |_request: Request, _info: ConnectionInfo| {
+        Response::new(Body::new("hi"))
+    });
+    let (addr, handle) = (server.addr(), server.handle());
+    for (goaway, closed) in [(false, 1), (true, 2)] {
+        http2_request_then_close(addr, goaway);
+        let stats = wait_for_stats(handle, "the connection counted as closed", |s| {
+            s.http2_connections == 0 && s.closed.iter().map(|(_, n)| n).sum::<u64>() == closed
+        });
+        assert_eq!(
+            stats.closed_for(CloseReason::Done),
+            closed,
+            "goaway: {goaway}; {:?}",
+            stats.closed
+        );
+    }
+}
