@@ -405,8 +405,12 @@ impl Future for PendingResponse {
                 panic_response(&*panic, &method, &uri)
             }
         };
-        let _upgrading = this.upgrades.prepare(&mut response);
         let in_flight = this.in_flight.take();
+        if this.upgrades.prepare(&mut response) {
+            if let Some(in_flight) = &in_flight {
+                in_flight.upgraded();
+            }
+        }
         let mut access = this.access.take();
         if let Some(access) = &mut access {
             access.status = response.status();

@@ -806,6 +806,7 @@ impl Socket {
     /// the handler sent for them is on the wire.
     fn fail(&mut self, code: CloseCode, why: &str) {
         log::debug!("closing a WebSocket: {why}");
+        self.parts.ended(crate::stats::CloseReason::Error);
         if self.failure.is_none() {
             self.failure = Some((code, why.to_owned(), Instant::now() + CLOSE_GRACE));
         }
@@ -909,6 +910,7 @@ impl Socket {
                     }
                     Err(err) => {
                         log::debug!("writing to a WebSocket failed: {err}");
+                        self.parts.ended(crate::stats::CloseReason::ClientGone);
                         self.flushed = true;
                         self.phase = Phase::Done;
                         return true;
@@ -945,6 +947,7 @@ impl Socket {
                 }
                 Err(err) => {
                     log::debug!("writing to a WebSocket failed: {err}");
+                    self.parts.ended(crate::stats::CloseReason::ClientGone);
                     self.phase = Phase::Done;
                 }
             }
@@ -1004,6 +1007,7 @@ impl Socket {
                 Err(WsError::Protocol(
                     tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
                 )) => {
+                    self.parts.ended(crate::stats::CloseReason::ClientGone);
                     self.mark_closed();
                     self.phase = Phase::Done;
                     return true;
@@ -1014,6 +1018,7 @@ impl Socket {
                 }
                 Err(err) => {
                     log::debug!("reading a WebSocket failed: {err}");
+                    self.parts.ended(crate::stats::CloseReason::ClientGone);
                     self.mark_closed();
                     self.phase = Phase::Done;
                     return true;
@@ -1077,12 +1082,16 @@ impl Socket {
         }
         match self.phase {
             Phase::Closing(at) | Phase::Failing(at) if now >= at => {
+                // Our close frame got no answer in time.
+                self.parts.ended(crate::stats::CloseReason::ClientGone);
                 self.mark_closed();
                 self.phase = Phase::Done;
             }
             Phase::Open => {
                 if let Some(idle) = self.settings.idle_timeout {
                     if now >= self.last_heard + idle {
+                        self.parts
+                            .ended(crate::stats::CloseReason::KeepAliveTimeout);
                         self.close(CloseCode::Normal, "idle timeout");
                         return;
                     }
@@ -1093,7 +1102,10 @@ impl Socket {
                         match self.ws.write(Message::Ping(Default::default())) {
                             Ok(()) => {}
                             Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(_) => self.phase = Phase::Done,
+                            Err(_) => {
+                                self.parts.ended(crate::stats::CloseReason::ClientGone);
+                                self.phase = Phase::Done;
+                            }
                         }
                         self.flushed = false;
                     }
@@ -1120,6 +1132,7 @@ impl Future for Socket {
         }
         if signal.is_requested() && !this.shutdown_sent {
             this.shutdown_sent = true;
+            this.parts.ended(crate::stats::CloseReason::Shutdown);
             // After what is already queued, like a sender's close.
             this.sender.close(CloseCode::Away, "server shutting down");
         }
