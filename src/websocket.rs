@@ -739,6 +739,9 @@ struct Socket {
     last_heard: Instant,
     last_ping: Option<Instant>,
     sleep: Option<Sleep>,
+    /// The largest messages read and written: about what tungstenite's
+    /// buffers grew to, freed with the socket (see `crate::trim`).
+    largest: (usize, usize),
 }
 
 impl Socket {
@@ -773,6 +776,7 @@ impl Socket {
             last_heard: Instant::now(),
             last_ping: None,
             sleep: None,
+            largest: (0, 0),
         }
     }
 
@@ -939,6 +943,7 @@ impl Socket {
                 continue;
             }
             let message = next.expect("checked above");
+            self.largest.1 = self.largest.1.max(message.len());
             match self.ws.write(message) {
                 Ok(()) => {}
                 Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -973,7 +978,10 @@ impl Socket {
                     self.last_heard = Instant::now();
                     self.last_ping = None;
                     match message {
-                        Message::Text(_) | Message::Binary(_) => self.inbox.push_back(message),
+                        Message::Text(_) | Message::Binary(_) => {
+                            self.largest.0 = self.largest.0.max(message.len());
+                            self.inbox.push_back(message);
+                        }
                         Message::Close(frame) => {
                             // tungstenite queued our reply; it goes with the
                             // next flush, and the following read ends.
@@ -1171,5 +1179,6 @@ impl Future for Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         self.mark_closed();
+        crate::trim::released(self.largest.0 + self.largest.1);
     }
 }
