@@ -196,6 +196,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     watch.keep_alive_only = true;
+    watch.activity.on_http2();
     watch.open.switch(Open::Http2);
     watch.run(boxed_http2(protocols, io, service)).await
 }
@@ -316,6 +317,11 @@ struct Watch {
 impl Watch {
     /// Counts how the connection ended and logs it.
     fn end(&self, peer: Peer, result: Ended<Result<(), hyper::Error>>) {
+        if matches!(result, Ended::Done(Ok(()))) && self.activity.handed_over() {
+            // Not closed: an upgraded stream has it, and counts its close.
+            log::debug!("the connection from {peer} was upgraded");
+            return;
+        }
         let reason = match &result {
             // An idle connection that hyper closed for the graceful shutdown.
             Ended::Done(Ok(())) if self.shutdown_sent => CloseReason::Shutdown,

@@ -34,6 +34,8 @@ pub mod test;
 mod timeouts;
 #[cfg(all(feature = "tls", not(astra_loom)))]
 mod tls;
+#[cfg(all(feature = "websocket", not(astra_loom)))]
+mod trim;
 #[cfg(not(astra_loom))]
 mod upgrade;
 #[cfg(all(feature = "websocket", not(astra_loom)))]

@@ -269,10 +269,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             // The request stays in this frame: the closure holds a reference
             // to it, not a copy (see `call_inline`).
             let mut request = Some(request);
-            UserCall::Ready(Some(crate::runtime::pool::call_inline(|| {
+            let mut response = crate::runtime::pool::call_inline(|| {
                 let request = request.take().expect("called once");
                 self.service.call_shared(request, self.info.clone())
-            })))
+            });
+            if let Ok(response) = &mut response {
+                self.close_if_shutting_down(response);
+            }
+            UserCall::Ready(Some(response))
         } else {
             let service = self.service.clone();
             let info = self.info.clone();
@@ -286,6 +290,23 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             upgrades: self.upgrades.clone(),
             access,
         }))
+    }
+}
+
+impl HyperService {
+    /// Marks the response to a request whose handler ran inline as the
+    /// connection's last if a graceful shutdown started meanwhile. The
+    /// connection task could not hear of the shutdown while the handler ran
+    /// in its poll, so hyper would write the response as keep-alive and then
+    /// close the idle connection; a queued handler's connection is told by
+    /// `conn::Watch` and hyper adds the header itself.
+    fn close_if_shutting_down(&self, response: &mut Response) {
+        if self.upgrades.signal.is_requested() && !crate::upgrade::has_continuation(response) {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
     }
 }
 
@@ -388,8 +409,12 @@ impl Future for PendingResponse {
                 panic_response(&*panic, &method, &uri)
             }
         };
-        let _upgrading = this.upgrades.prepare(&mut response);
         let in_flight = this.in_flight.take();
+        if this.upgrades.prepare(&mut response) {
+            if let Some(in_flight) = &in_flight {
+                in_flight.upgraded();
+            }
+        }
         let mut access = this.access.take();
         if let Some(access) = &mut access {
             access.status = response.status();

@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[non_exhaustive]
 pub enum CloseReason {
     /// It ended normally: the client closed it, or a `Connection: close`
-    /// exchange finished.
+    /// exchange finished. For an upgraded connection: the stream ended
+    /// without an error (a WebSocket: with its close handshake).
     Done,
     /// No complete request head (or TLS handshake) in
     /// `http1_header_read_timeout`.
     HeaderReadTimeout,
-    /// Idle between requests for `http1_keep_alive_timeout`.
+    /// Idle between requests for `http1_keep_alive_timeout` (a WebSocket:
+    /// silent for its `idle_timeout`).
     KeepAliveTimeout,
     /// The client took no bytes of a response for `send_timeout`.
     SendTimeout,
@@ -25,7 +27,8 @@ pub enum CloseReason {
     Shutdown,
     /// Still open when the shutdown timeout ran out.
     ShutdownTimeout,
-    /// The client went away mid-request, or reset the connection.
+    /// The client went away mid-request, or reset the connection (a
+    /// WebSocket: left without the close handshake).
     ClientGone,
     /// The client broke the protocol (a malformed request, a head too large)
     /// or the connection failed otherwise.
@@ -80,7 +83,9 @@ pub struct Stats {
     pub http1_connections: usize,
     /// Open HTTP/2 connections.
     pub http2_connections: usize,
-    /// Upgraded connections: blocking streams and WebSockets.
+    /// Upgraded connections: blocking streams and WebSockets, until their
+    /// stream ends (an HTTP/1 connection is counted as closed then, not
+    /// when its `101` is sent).
     pub upgraded_connections: usize,
     /// Requests received whose response has not been fully handed over.
     pub requests_in_flight: usize,

@@ -70,6 +70,11 @@ pub(crate) struct Activity {
     metrics: Arc<crate::stats::Metrics>,
     /// The client closed or reset the connection with a request unfinished.
     client_gone: std::sync::atomic::AtomicBool,
+    /// The connection speaks HTTP/2: bytes between requests are frames of
+    /// the connection (settings, pings, a GOAWAY), not a request head begun.
+    http2: std::sync::atomic::AtomicBool,
+    /// An upgrade took the connection over: its stream counts the close.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -83,6 +88,8 @@ impl Activity {
             write_blocked: AtomicU64::new(0),
             metrics,
             client_gone: std::sync::atomic::AtomicBool::new(false),
+            http2: std::sync::atomic::AtomicBool::new(false),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,12 +110,24 @@ impl Activity {
         }
     }
 
+    /// The connection turned out to speak HTTP/2.
+    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
+    pub(crate) fn on_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an upgrade took the connection over (see [`InFlight::upgraded`]).
+    pub(crate) fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
+    }
+
     /// The client closed its side: it went away if a request was unfinished
-    /// (in flight, or its head only begun).
+    /// (in flight, or its head only begun). An HTTP/2 client that sent a
+    /// GOAWAY and then closed was polite, not gone.
     pub(crate) fn on_eof(&self) {
-        if self.in_flight.load(Ordering::Relaxed) > 0
-            || self.head_started.load(Ordering::Relaxed) != 0
-        {
+        let head_begun =
+            self.head_started.load(Ordering::Relaxed) != 0 && !self.http2.load(Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) > 0 || head_begun {
             self.client_gone.store(true, Ordering::Relaxed);
         }
     }
@@ -193,6 +212,17 @@ impl Activity {
 /// been handed to hyper in full, or the request was abandoned.
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// The response starts an upgrade: on HTTP/1 the upgraded stream takes
+    /// the connection over once the response is sent (an HTTP/2 CONNECT
+    /// takes one stream only).
+    pub(crate) fn upgraded(&self) {
+        if !self.0.http2.load(Ordering::Relaxed) {
+            self.0.handed_over.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -23,6 +23,7 @@ use crate::body::{Body, Request, Response};
 use crate::runtime::park::block_on_timeout;
 use crate::runtime::Pool;
 use crate::shutdown::{ConnectionGuard, Signal};
+use crate::stats::CloseReason;
 
 /// A request's pending protocol switch, taken out of the request with
 /// [`Upgrade::from_request`].
@@ -57,6 +58,9 @@ use crate::shutdown::{ConnectionGuard, Signal};
 pub struct Upgrade {
     source: Source,
     connect: bool,
+    /// An HTTP/1 upgrade: the connection becomes the stream (an HTTP/2
+    /// CONNECT upgrades one stream of its connection).
+    takes_connection: bool,
 }
 
 /// Where the upgraded connection comes from.
@@ -93,18 +97,23 @@ impl Upgrade {
         if !connect && !asks_for_upgrade(request) {
             return None;
         }
-        let source = if request
+        let hyper = request
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
-            .is_some()
-        {
+            .is_some();
+        let takes_connection = hyper && request.version() < Version::HTTP_2;
+        let source = if hyper {
             Source::Hyper(hyper::upgrade::on(request))
         } else {
             let InMemoryUpgrade(io) = request.extensions().get::<InMemoryUpgrade>()?;
             let io = io.lock().unwrap_or_else(|e| e.into_inner()).take()?;
             Source::InMemory(io)
         };
-        Some(Upgrade { source, connect })
+        Some(Upgrade {
+            source,
+            connect,
+            takes_connection,
+        })
     }
 
     /// Answers with `response` and, once it is sent, runs `then` with the
@@ -139,6 +148,7 @@ impl Upgrade {
                 .insert(Hook(Arc::new(Mutex::new(Some(Pending {
                     source: self.source,
                     then,
+                    takes_connection: self.takes_connection,
                 })))));
         }
         response
@@ -192,11 +202,51 @@ pub(crate) struct UpgradeParts {
     pub(crate) context: Arc<UpgradeContext>,
     /// Counts the connection as upgraded in the server's stats.
     _open: crate::stats::OpenGuard,
+    /// Whether the stream's end is a connection's end, counted in the
+    /// server's stats by its reason when these parts are dropped (the
+    /// HTTP/1 connection handed over is not counted as closed then).
+    counts_close: bool,
+    reason: Option<CloseReason>,
+}
+
+impl UpgradeParts {
+    /// Records why the upgraded connection is ending; `Done` if nothing is.
+    /// The first cause wins, except that once the shutdown timeout has run
+    /// out it is the cause of any end, and of a graceful shutdown's close
+    /// that did not finish.
+    pub(crate) fn ended(&mut self, reason: CloseReason) {
+        let forced = self.guard.signal().is_forced();
+        match self.reason {
+            None => {}
+            Some(CloseReason::Shutdown) if forced => {}
+            Some(_) => return,
+        }
+        self.reason = Some(if forced {
+            CloseReason::ShutdownTimeout
+        } else {
+            reason
+        });
+    }
+}
+
+impl Drop for UpgradeParts {
+    fn drop(&mut self) {
+        if !self.counts_close {
+            return;
+        }
+        if self.guard.signal().is_forced() {
+            self.ended(CloseReason::ShutdownTimeout);
+        }
+        let reason = self.reason.unwrap_or(CloseReason::Done);
+        self.guard.signal().metrics.closed(reason);
+        log::debug!("an upgraded connection ended: {reason}");
+    }
 }
 
 struct Pending {
     source: Source,
     then: Continuation,
+    takes_connection: bool,
 }
 
 /// Whether a handler attached a continuation to `response` with
@@ -247,7 +297,12 @@ impl UpgradeContext {
             return false;
         };
         let taken = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(Pending { source, then }) = taken else {
+        let Some(Pending {
+            source,
+            then,
+            takes_connection,
+        }) = taken
+        else {
             return false;
         };
         let slot = match &then {
@@ -269,12 +324,18 @@ impl UpgradeContext {
             guard: self.signal.connection(),
             context: self.clone(),
             _open: self.signal.metrics.open(crate::stats::Open::Upgraded),
+            counts_close: takes_connection,
+            reason: None,
         };
         self.pool.spawn(async move {
+            let mut parts = parts;
             let io = match source {
                 Source::Hyper(on_upgrade) => match on_upgrade.await {
                     Ok(io) => Box::new(io) as Io,
                     Err(err) => {
+                        // The connection ended before the hand-over, and
+                        // counted its close itself.
+                        parts.counts_close = false;
                         log::debug!("the upgrade did not happen: {err}");
                         return;
                     }
@@ -405,7 +466,7 @@ impl Upgraded {
         let pool = &parts.context.pool;
         let guard = &mut parts.guard;
         let future = std::future::poll_fn(|cx| op(Pin::new(&mut *io), cx, guard));
-        match block_on_timeout(future, timeout, Some(pool)) {
+        let result = match block_on_timeout(future, timeout, Some(pool)) {
             Some(result) => result,
             None => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -414,7 +475,26 @@ impl Upgraded {
                     timeout.unwrap_or_default()
                 ),
             )),
+        };
+        if let Err(err) = &result {
+            let reason = match err.kind() {
+                // The continuation may well read again.
+                io::ErrorKind::TimedOut if what == "read" => None,
+                io::ErrorKind::TimedOut => Some(CloseReason::SendTimeout),
+                io::ErrorKind::ConnectionAborted if parts.guard.signal().is_requested() => {
+                    Some(CloseReason::Shutdown)
+                }
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof => Some(CloseReason::ClientGone),
+                _ => Some(CloseReason::Error),
+            };
+            if let Some(reason) = reason {
+                parts.ended(reason);
+            }
         }
+        result
     }
 }
 

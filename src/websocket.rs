@@ -739,6 +739,9 @@ struct Socket {
     last_heard: Instant,
     last_ping: Option<Instant>,
     sleep: Option<Sleep>,
+    /// The largest messages read and written: about what tungstenite's
+    /// buffers grew to, freed with the socket (see `crate::trim`).
+    largest: (usize, usize),
 }
 
 impl Socket {
@@ -773,6 +776,7 @@ impl Socket {
             last_heard: Instant::now(),
             last_ping: None,
             sleep: None,
+            largest: (0, 0),
         }
     }
 
@@ -806,6 +810,7 @@ impl Socket {
     /// the handler sent for them is on the wire.
     fn fail(&mut self, code: CloseCode, why: &str) {
         log::debug!("closing a WebSocket: {why}");
+        self.parts.ended(crate::stats::CloseReason::Error);
         if self.failure.is_none() {
             self.failure = Some((code, why.to_owned(), Instant::now() + CLOSE_GRACE));
         }
@@ -909,6 +914,7 @@ impl Socket {
                     }
                     Err(err) => {
                         log::debug!("writing to a WebSocket failed: {err}");
+                        self.parts.ended(crate::stats::CloseReason::ClientGone);
                         self.flushed = true;
                         self.phase = Phase::Done;
                         return true;
@@ -937,6 +943,7 @@ impl Socket {
                 continue;
             }
             let message = next.expect("checked above");
+            self.largest.1 = self.largest.1.max(message.len());
             match self.ws.write(message) {
                 Ok(()) => {}
                 Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -945,6 +952,7 @@ impl Socket {
                 }
                 Err(err) => {
                     log::debug!("writing to a WebSocket failed: {err}");
+                    self.parts.ended(crate::stats::CloseReason::ClientGone);
                     self.phase = Phase::Done;
                 }
             }
@@ -970,7 +978,10 @@ impl Socket {
                     self.last_heard = Instant::now();
                     self.last_ping = None;
                     match message {
-                        Message::Text(_) | Message::Binary(_) => self.inbox.push_back(message),
+                        Message::Text(_) | Message::Binary(_) => {
+                            self.largest.0 = self.largest.0.max(message.len());
+                            self.inbox.push_back(message);
+                        }
                         Message::Close(frame) => {
                             // tungstenite queued our reply; it goes with the
                             // next flush, and the following read ends.
@@ -1004,6 +1015,7 @@ impl Socket {
                 Err(WsError::Protocol(
                     tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
                 )) => {
+                    self.parts.ended(crate::stats::CloseReason::ClientGone);
                     self.mark_closed();
                     self.phase = Phase::Done;
                     return true;
@@ -1014,6 +1026,7 @@ impl Socket {
                 }
                 Err(err) => {
                     log::debug!("reading a WebSocket failed: {err}");
+                    self.parts.ended(crate::stats::CloseReason::ClientGone);
                     self.mark_closed();
                     self.phase = Phase::Done;
                     return true;
@@ -1077,12 +1090,16 @@ impl Socket {
         }
         match self.phase {
             Phase::Closing(at) | Phase::Failing(at) if now >= at => {
+                // Our close frame got no answer in time.
+                self.parts.ended(crate::stats::CloseReason::ClientGone);
                 self.mark_closed();
                 self.phase = Phase::Done;
             }
             Phase::Open => {
                 if let Some(idle) = self.settings.idle_timeout {
                     if now >= self.last_heard + idle {
+                        self.parts
+                            .ended(crate::stats::CloseReason::KeepAliveTimeout);
                         self.close(CloseCode::Normal, "idle timeout");
                         return;
                     }
@@ -1093,7 +1110,10 @@ impl Socket {
                         match self.ws.write(Message::Ping(Default::default())) {
                             Ok(()) => {}
                             Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(_) => self.phase = Phase::Done,
+                            Err(_) => {
+                                self.parts.ended(crate::stats::CloseReason::ClientGone);
+                                self.phase = Phase::Done;
+                            }
                         }
                         self.flushed = false;
                     }
@@ -1120,6 +1140,7 @@ impl Future for Socket {
         }
         if signal.is_requested() && !this.shutdown_sent {
             this.shutdown_sent = true;
+            this.parts.ended(crate::stats::CloseReason::Shutdown);
             // After what is already queued, like a sender's close.
             this.sender.close(CloseCode::Away, "server shutting down");
         }
@@ -1158,5 +1179,6 @@ impl Future for Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         self.mark_closed();
+        crate::trim::released(self.largest.0 + self.largest.1);
     }
 }

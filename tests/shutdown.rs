@@ -246,3 +246,67 @@ fn http2_connection_gets_goaway_and_finishes_its_stream() {
     assert_eq!(&body[..], b"finished");
     join_within(serving, Duration::from_secs(5), "serve").unwrap();
 }
+
+/// The last response on a keep-alive connection during a graceful shutdown
+/// says `Connection: close`, since the server closes the connection after
+/// it. A request without a body used to get no such header (its handler ran
+/// inside the connection's poll, which the shutdown could not reach until
+/// the response was written) while one with a body did.
+#[test]
+fn last_response_at_shutdown_says_connection_close_with_or_without_a_body() {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    // Opened by the test once the shutdown has started.
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let handler_gate = gate.clone();
+    let server = server().max_workers(4);
+    let (addr, handle, serving) = start_stoppable(server, move |req: astra::Request, _info| {
+        if req.uri().path() == "/slow" {
+            started_tx.send(()).unwrap();
+            let (open, opened) = &*handler_gate;
+            // Bounded, to fail rather than hang if the test never opens it.
+            let _ = opened
+                .wait_timeout_while(open.lock().unwrap(), Duration::from_secs(10), |o| !*o)
+                .unwrap();
+        }
+        Response::new(Body::new("hi"))
+    });
+    let requests: [&str; 2] = [
+        "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    let mut conns: Vec<_> = requests
+        .iter()
+        .map(|request| {
+            let mut conn = RawConn::new(connect_with_timeout(addr, Duration::from_secs(10)));
+            // A first exchange: the connection is kept alive.
+            conn.send(request.replace("{path}", "/").as_bytes());
+            let first = conn.read_response().unwrap();
+            assert_eq!(first.header("connection"), None, "{}", first.head);
+            // The second is in flight when the shutdown starts.
+            conn.send(request.replace("{path}", "/slow").as_bytes());
+            started
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the handler started");
+            conn
+        })
+        .collect();
+    handle.shutdown();
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    for (conn, request) in conns.iter_mut().zip(requests) {
+        let what = request.split(' ').next().unwrap();
+        let last = conn
+            .read_response()
+            .expect("the in-flight request is answered");
+        assert_eq!(last.body_str(), "hi");
+        assert_eq!(
+            last.header("connection"),
+            Some("close"),
+            "the last response to a {what} has no `Connection: close`:\n{}",
+            last.head
+        );
+        let rest = conn.read_to_close().expect("the connection is closed");
+        assert!(rest.is_empty());
+    }
+    join_within(serving, Duration::from_secs(5), "serve").unwrap();
+}
