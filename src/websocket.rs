@@ -54,6 +54,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, WebSocket};
 
 use crate::body::{Body, Request, Response};
+use crate::error::Timeout;
 use crate::runtime::pool::UserCall;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::sync_io::SyncIo;
@@ -501,24 +502,43 @@ impl fmt::Debug for Sender {
 }
 
 /// Why a message could not be sent.
+///
+/// More causes may be added; match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The socket is closed or closing.
     Closed,
     /// The outgoing queue stayed full (a client that does not read) for the
-    /// server's `send_timeout`.
+    /// server's `send_timeout`: the timeout [`Timeout::Send`], as
+    /// [`SendError::timeout`] says.
     TimedOut,
     /// `try_send` found the outgoing queue full.
     Full,
 }
 
+impl SendError {
+    /// The timeout that failed the send, by the name stats, logs and I/O
+    /// errors give it: [`Timeout::Send`] for [`SendError::TimedOut`].
+    pub fn timeout(&self) -> Option<Timeout> {
+        match self {
+            SendError::TimedOut => Some(Timeout::Send),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SendError::Closed => "the WebSocket is closed",
-            SendError::TimedOut => "the WebSocket's client has not read for the send timeout",
-            SendError::Full => "the WebSocket's outgoing queue is full",
-        })
+        match self {
+            SendError::Closed => f.write_str("the WebSocket is closed"),
+            SendError::TimedOut => write!(
+                f,
+                "{}: the WebSocket's client has not read its messages",
+                Timeout::Send
+            ),
+            SendError::Full => f.write_str("the WebSocket's outgoing queue is full"),
+        }
     }
 }
 
@@ -1083,6 +1103,8 @@ impl Socket {
             Phase::Open => {
                 if let Some(idle) = self.settings.idle_timeout {
                     if now >= self.last_heard + idle {
+                        log::debug!("closing a WebSocket: {}", Timeout::WebSocketIdle);
+                        // The close frame's reason stays the short wire text.
                         self.close(CloseCode::Normal, "idle timeout");
                         return;
                     }
@@ -1158,5 +1180,19 @@ impl Future for Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         self.mark_closed();
+    }
+}
+
+#[cfg(test)]
+mod send_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_send_timeout_is_named_as_everywhere_else() {
+        assert_eq!(SendError::TimedOut.timeout(), Some(Timeout::Send));
+        assert_eq!(SendError::Closed.timeout(), None);
+        assert!(SendError::TimedOut
+            .to_string()
+            .starts_with("send timeout: "));
     }
 }

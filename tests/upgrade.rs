@@ -326,3 +326,30 @@ fn http2_extended_connect_gives_a_blocking_stream() {
         Some("echo")
     );
 }
+
+/// An upgraded stream's read timeout names itself in the error.
+#[test]
+fn an_upgraded_read_timeout_error_says_which_timeout_fired() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = start(
+        server(),
+        move |mut request: Request, _info: ConnectionInfo| {
+            let upgrade = Upgrade::from_request(&mut request).unwrap();
+            let tx = tx.lock().unwrap().clone();
+            upgrade.respond(switching("echo"), move |mut stream| {
+                stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let err = stream.read(&mut [0; 16]).unwrap_err();
+                let _ = tx.send((err.kind(), astra::Timeout::of(&err)));
+            })
+        },
+    );
+    let mut conn = RawConn::open(server.addr());
+    conn.send(UPGRADE_REQUEST);
+    assert_eq!(conn.read_head().unwrap().1, 101);
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        got,
+        (io::ErrorKind::TimedOut, Some(astra::Timeout::UpgradedRead))
+    );
+}
