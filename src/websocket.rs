@@ -283,40 +283,52 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// The largest message the client may send, in bytes (default 16 MiB);
-    /// a bigger one closes the socket with 1009.
+    /// The largest message the client may send, in bytes; a bigger one
+    /// closes the socket with 1009.
+    ///
+    /// Default is 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.settings.max_message = bytes;
         self
     }
 
-    /// The largest frame the client may send, in bytes (default 16 MiB); a
-    /// bigger one closes the socket with 1009.
+    /// The largest frame the client may send, in bytes; a bigger one closes
+    /// the socket with 1009.
+    ///
+    /// Default is 16 MiB.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.settings.max_frame = bytes;
         self
     }
 
     /// How long the socket may stay silent (no message, ping or pong from the
-    /// client) before the server closes it (code 1000, "idle timeout").
-    /// Default 60 s; `None` keeps it open for ever. Messages mode only.
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.settings.idle_timeout = timeout;
+    /// client) before the server closes it (code 1000, "idle timeout"; the
+    /// log names it [`Timeout::WebSocketIdle`]). As for every timeout of
+    /// `Server`'s, `None` turns it off: the socket stays open for ever.
+    /// Messages mode only.
+    ///
+    /// Default is 60 seconds.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.settings.idle_timeout = timeout.into();
         self
     }
 
     /// After this long without hearing from the client, the server sends a
     /// ping, which a live client answers (so a live but quiet client is not
-    /// idle). Default 30 s; `None` sends none. Messages mode only.
-    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.settings.ping_interval = interval;
+    /// idle). `None` turns it off: no pings. Messages mode only.
+    ///
+    /// Default is 30 seconds.
+    pub fn ping_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.settings.ping_interval = interval.into();
         self
     }
 
-    /// How many received messages may wait for the handler (default 64).
-    /// When that many wait, the server stops reading the socket, so a fast
-    /// client is slowed by TCP flow control: nothing is dropped. Messages
-    /// mode only.
+    /// How many received messages may wait for the handler. When that many
+    /// wait, the server stops reading the socket, so a fast client is slowed
+    /// by TCP flow control: nothing is dropped. 0 counts as 1 (the message
+    /// being read has to go somewhere). Messages mode only.
+    ///
+    /// Default is 64.
     pub fn max_queued_messages(mut self, messages: usize) -> Self {
         self.settings.max_queued = messages.max(1);
         self

@@ -825,6 +825,30 @@ mod http2_wire {
         assert_eq!(connection_window_granted(set), 1_000_000);
     }
 
+    /// `None` means no limit in every option that takes an `Option`: for the
+    /// windows and the frame size, the largest HTTP/2 allows (it kept the
+    /// default before).
+    #[test]
+    fn http2_none_windows_and_frame_size_are_the_largest_the_protocol_allows() {
+        let none = announced(
+            common::server()
+                .http2_initial_stream_window_size(None)
+                .http2_max_frame_size(None),
+        );
+        assert_eq!(
+            setting(&none, INITIAL_WINDOW_SIZE),
+            Some((1 << 31) - 1),
+            "{none:?}"
+        );
+        assert_eq!(
+            setting(&none, MAX_FRAME_SIZE),
+            Some((1 << 24) - 1),
+            "{none:?}"
+        );
+        let none = common::server().http2_initial_connection_window_size(None);
+        assert_eq!(connection_window_granted(none), (1 << 31) - 1);
+    }
+
     /// Uploads 60,000 bytes (within the spec's windows) and returns the
     /// server's SETTINGS, the frames it sent up to the answer and one round
     /// trip more, and those of two round trips after its PINGs are answered
