@@ -585,13 +585,16 @@ impl Server {
     }
 
     /// The most upgraded connections served as blocking streams at once
-    /// ([`Upgrade::respond`](crate::Upgrade::respond)); default 256. Each
-    /// holds a thread of its own for its whole life, outside `max_workers`,
-    /// so upgrades never take the workers ordinary requests need. Past the
-    /// bound, an upgrade is answered `503 Service Unavailable` with
-    /// `Retry-After: 1`. Connections served by a task instead (the
-    /// `websocket` feature's message handlers) hold no thread and do not
-    /// count here.
+    /// ([`Upgrade::respond`](crate::Upgrade::respond)). Each holds a thread
+    /// of its own for its whole life, outside `max_workers`, so upgrades never
+    /// take the workers ordinary requests need. Past the bound, an upgrade is
+    /// answered `503 Service Unavailable` with `Retry-After: 1` and its
+    /// continuation never runs. 0 allows none: every blocking upgrade is
+    /// answered 503 (it is not "no limit"). Connections served by a task
+    /// instead (the `websocket` feature's message handlers) hold no thread
+    /// and do not count here, whatever this says.
+    ///
+    /// Default is 256.
     pub fn max_blocking_upgrades(mut self, val: usize) -> Self {
         self.config.max_blocking_upgrades = val;
         self
