@@ -1083,6 +1083,14 @@ fn start_connection(
             }
             ConnectionInfo {
                 peer_addr: peer,
+                // getsockname(2): the listener's address may be a wildcard.
+                local_addr: match tcp.local_addr() {
+                    Ok(addr) => Some(addr),
+                    Err(err) => {
+                        log::debug!("no local address for {}: {err}", conn::Peer(peer));
+                        None
+                    }
+                },
                 ..ConnectionInfo::default()
             }
         }
