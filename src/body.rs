@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame, SizeHint};
 
+use crate::error::{Timeout, TimeoutError};
 use crate::runtime::park;
 use crate::runtime::pool::{self, Pool, UserCall};
 
@@ -73,7 +74,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// [`source`](std::error::Error::source):
 ///
 /// - `TimedOut`: no data came for
-///   [`Server::body_read_timeout`](crate::Server::body_read_timeout).
+///   [`Server::body_read_timeout`](crate::Server::body_read_timeout). Its
+///   inner error is a [`TimeoutError`] naming [`Timeout::BodyRead`]: ask with
+///   [`Timeout::of`].
 /// - `UnexpectedEof`: the client went away before the end of the body (the
 ///   connection closed short of its `Content-Length` or last chunk).
 /// - `InvalidData`: the body is malformed (bad chunked encoding).
@@ -239,7 +242,7 @@ impl fmt::Debug for Body {
 /// Trailers are skipped. Yields `None` at the end of the body, and an error if the
 /// client sent an invalid body, went away, or sent nothing for the server's
 /// [`body_read_timeout`](crate::Server::body_read_timeout) (an error of kind
-/// [`io::ErrorKind::TimedOut`]).
+/// [`io::ErrorKind::TimedOut`] whose inner error is a [`TimeoutError`]).
 impl Iterator for Body {
     type Item = io::Result<Bytes>;
 
@@ -261,10 +264,10 @@ impl Iterator for Body {
                 let Some(frame) = park::block_on_timeout(next, *timeout, Some(pool)) else {
                     // Only a timeout that is set runs out.
                     let waited = timeout.unwrap_or_default();
-                    return Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("body read timeout: no data from the client for {waited:?}"),
-                    )));
+                    let what = "no data from the client";
+                    return Some(Err(
+                        TimeoutError::new(Timeout::BodyRead, waited, what).into_io()
+                    ));
                 };
                 match frame {
                     None => return None,

@@ -14,6 +14,8 @@ mod conn;
 #[cfg(all(feature = "http2", not(astra_loom)))]
 mod detect;
 #[cfg(not(astra_loom))]
+mod error;
+#[cfg(not(astra_loom))]
 mod listener;
 #[cfg(not(astra_loom))]
 mod net;
@@ -46,6 +48,8 @@ pub mod websocket;
 pub use activation::ActivatedSockets;
 #[cfg(not(astra_loom))]
 pub use body::{Body, BodyReader, Request, Response, ResponseBuilder};
+#[cfg(not(astra_loom))]
+pub use error::{Timeout, TimeoutError};
 /// The rustls this crate is built with, for [`TlsConfig`]'s `From<ServerConfig>`
 /// and the types [`TlsInfo`] returns.
 #[cfg(all(feature = "tls", not(astra_loom)))]

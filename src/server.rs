@@ -78,6 +78,14 @@ const WAKER: mio::Token = mio::Token(1);
 /// Each connection is a task that holds no thread while it waits for the
 /// client; each request runs your handler on a worker thread, so handlers may
 /// block freely.
+///
+/// Every option that takes an `Option` reads `None` the same way: off, no
+/// limit. A timeout set to `None` never fires (waits for ever); a limit set
+/// to `None` is removed. The HTTP/2 sizes a peer must be told (the two
+/// flow-control windows and the frame size) have no "off": they are plain
+/// numbers, and each setter's doc says what `None` does there (keeps the
+/// default, as in astra 0.4: a client-chosen 2 GiB buffer per stream is no
+/// default to fall into by accident).
 pub struct Server {
     listener: Listener,
     config: Config,
@@ -545,9 +553,9 @@ impl Server {
     /// waits up to one more second for their handlers to return; a handler
     /// that has not returned by then goes on running on its worker thread after
     /// `serve` returns, until it does (nothing else runs: no connection is
-    /// served, no handler starts). `None` waits for ever: `serve` returns once
-    /// every request in flight has been answered, however long its handler
-    /// takes.
+    /// served, no handler starts). `None` turns it off: `serve` waits for ever,
+    /// returning once every request in flight has been answered, however long
+    /// its handler takes.
     ///
     /// Default is 30 seconds.
     pub fn shutdown_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
@@ -575,13 +583,16 @@ impl Server {
     }
 
     /// The most upgraded connections served as blocking streams at once
-    /// ([`Upgrade::respond`](crate::Upgrade::respond)); default 256. Each
-    /// holds a thread of its own for its whole life, outside `max_workers`,
-    /// so upgrades never take the workers ordinary requests need. Past the
-    /// bound, an upgrade is answered `503 Service Unavailable` with
-    /// `Retry-After: 1`. Connections served by a task instead (the
-    /// `websocket` feature's message handlers) hold no thread and do not
-    /// count here.
+    /// ([`Upgrade::respond`](crate::Upgrade::respond)). Each holds a thread
+    /// of its own for its whole life, outside `max_workers`, so upgrades never
+    /// take the workers ordinary requests need. Past the bound, an upgrade is
+    /// answered `503 Service Unavailable` with `Retry-After: 1` and its
+    /// continuation never runs. 0 allows none: every blocking upgrade is
+    /// answered 503 (it is not "no limit"). Connections served by a task
+    /// instead (the `websocket` feature's message handlers) hold no thread
+    /// and do not count here, whatever this says.
+    ///
+    /// Default is 256.
     pub fn max_blocking_upgrades(mut self, val: usize) -> Self {
         self.config.max_blocking_upgrades = val;
         self
@@ -613,7 +624,8 @@ impl Server {
     /// (later requests). A client that sends nothing, or its head byte by byte
     /// (Slowloris), is disconnected when it runs out. Also bounds how long a new
     /// connection may stay silent before the protocol (HTTP/1 or HTTP/2) is known.
-    /// `None` turns it off.
+    /// The connection then closes with [`CloseReason::HeaderReadTimeout`](crate::CloseReason::HeaderReadTimeout)
+    /// (the [`Timeout::HeaderRead`](crate::Timeout::HeaderRead)). `None` turns it off.
     ///
     /// Default is 30 seconds.
     pub fn http1_header_read_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
@@ -623,8 +635,10 @@ impl Server {
 
     /// How long a keep-alive connection may stay idle between requests before
     /// it is closed (HTTP/1 between requests; HTTP/2 with no stream open).
-    /// `None` keeps idle connections open until the client closes them (they
-    /// hold no thread, only a descriptor and a few KiB).
+    /// It closes with [`CloseReason::KeepAliveTimeout`](crate::CloseReason::KeepAliveTimeout) (the
+    /// [`Timeout::KeepAlive`](crate::Timeout::KeepAlive)). `None` turns it off: idle connections stay
+    /// open until the client closes them (they hold no thread, only a
+    /// descriptor and a few KiB).
     ///
     /// Default is 75 seconds (nginx's `keepalive_timeout`).
     pub fn http1_keep_alive_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
@@ -634,9 +648,11 @@ impl Server {
 
     /// How long a handler reading its request body waits for the next chunk.
     /// When the client sends nothing for that long, the read fails with an
-    /// error of kind [`std::io::ErrorKind::TimedOut`], so a client that trickles
-    /// its body (or stops sending it) cannot hold a worker for ever. `None`
-    /// waits as long as the client takes.
+    /// error of kind [`std::io::ErrorKind::TimedOut`] that names
+    /// [`Timeout::BodyRead`](crate::Timeout::BodyRead) ([`Timeout::of`](crate::Timeout::of)), so a client that trickles its
+    /// body (or stops sending it) cannot hold a worker for ever. Also the
+    /// read timeout an [`Upgraded`](crate::Upgraded) stream starts with.
+    /// `None` turns it off: reads wait as long as the client takes.
     ///
     /// Default is 60 seconds (nginx's `client_body_timeout`).
     pub fn body_read_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
@@ -645,8 +661,11 @@ impl Server {
     }
 
     /// How long a write may stay blocked because the client does not read its
-    /// response (slow-read attacks, dead peers). The connection is then closed.
-    /// A blocked write never holds a worker thread. `None` turns it off.
+    /// response (slow-read attacks, dead peers). The connection is then closed
+    /// with [`CloseReason::SendTimeout`](crate::CloseReason::SendTimeout) (the [`Timeout::Send`](crate::Timeout::Send)). A blocked
+    /// write never holds a worker thread. Also the write timeout an
+    /// [`Upgraded`](crate::Upgraded) stream starts with, and how long a
+    /// WebSocket `Sender` waits for room. `None` turns it off.
     ///
     /// Default is 60 seconds (nginx's `send_timeout`).
     pub fn send_timeout(mut self, val: impl Into<Option<Duration>>) -> Self {
@@ -678,8 +697,9 @@ impl Server {
     }
 
     /// How long an idle worker thread waits for work before it exits. One
-    /// worker always stays. `None` keeps idle workers for ever: the pool never
-    /// shrinks from the most threads it has needed (at most `max_workers`).
+    /// worker always stays. `None` turns it off: idle workers stay for ever,
+    /// and the pool never shrinks from the most threads it has needed (at
+    /// most `max_workers`).
     ///
     /// Default is 6 seconds.
     pub fn worker_keep_alive(mut self, val: impl Into<Option<Duration>>) -> Self {
@@ -795,9 +815,10 @@ impl Server {
     }
 
     /// The HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: how many bytes of one stream's
-    /// body the client may send before the handler has read them.
+    /// body the client may send before the handler has read them. A window
+    /// has no "off": `None` keeps the default.
     ///
-    /// Default is 256 KiB; `None` keeps the default.
+    /// Default is 256 KiB.
     #[cfg(feature = "http2")]
     pub fn http2_initial_stream_window_size(mut self, sz: impl Into<Option<u32>>) -> Self {
         self.config.http2.initial_stream_window_size = sz.into();
@@ -806,7 +827,7 @@ impl Server {
 
     /// The HTTP/2 connection-level flow-control window: how many bytes of all
     /// of one connection's request bodies the client may send before handlers
-    /// have read them.
+    /// have read them. A window has no "off": `None` keeps the default.
     ///
     /// Default is the stream window times the concurrent-stream limit, at most
     /// 16 MiB (64 streams' worth by default), so that data sent for streams
@@ -814,7 +835,7 @@ impl Server {
     /// running handler needs to read its own body. (With hyper's equal-sized
     /// windows, two uploads on one connection with one free worker deadlock.)
     /// Past that, a starved read ends with `body_read_timeout`, which frees the
-    /// worker. `None` keeps the default.
+    /// worker.
     #[cfg(feature = "http2")]
     pub fn http2_initial_connection_window_size(mut self, sz: impl Into<Option<u32>>) -> Self {
         self.config.http2.initial_connection_window_size = sz.into();
@@ -831,19 +852,20 @@ impl Server {
         self
     }
 
-    /// The largest HTTP/2 frame payload the server accepts.
+    /// The largest HTTP/2 frame payload the server accepts. `None` keeps the
+    /// default.
     ///
-    /// Default is 16 KiB (hyper's); `None` keeps it.
+    /// Default is 16 KiB (hyper's).
     #[cfg(feature = "http2")]
     pub fn http2_max_frame_size(mut self, sz: impl Into<Option<u32>>) -> Self {
         self.config.http2.max_frame_size = sz.into();
         self
     }
 
-    /// The most concurrent streams one HTTP/2 client may open.
+    /// The most concurrent streams one HTTP/2 client may open. `None` means
+    /// no limit (then set `http2_initial_connection_window_size` yourself).
     ///
-    /// Default is 200 (hyper's). `None` removes the limit (then set
-    /// `http2_initial_connection_window_size` yourself).
+    /// Default is 200 (hyper's).
     #[cfg(feature = "http2")]
     pub fn http2_max_concurrent_streams(mut self, max: impl Into<Option<u32>>) -> Self {
         self.config.http2.max_concurrent_streams = Some(max.into());
@@ -869,7 +891,8 @@ impl Server {
     }
 
     /// How often to send HTTP/2 PING frames to check that an idle client is
-    /// still there; see [`Server::http2_keep_alive_timeout`]. `None` sends none.
+    /// still there; see [`Server::http2_keep_alive_timeout`]. `None` turns it
+    /// off: no PINGs.
     ///
     /// Default is `None` (hyper's): idle HTTP/2 connections are still closed by
     /// [`Server::http1_keep_alive_timeout`].
@@ -881,7 +904,7 @@ impl Server {
 
     /// How long to wait for the answer to a keep-alive PING before closing the
     /// connection. Only used when [`Server::http2_keep_alive_interval`] is set.
-    /// `None` waits for ever: the PINGs still go out (which keeps NATs and
+    /// `None` turns it off and waits for ever: the PINGs still go out (which keeps NATs and
     /// proxies from dropping a quiet connection), but a client that does not
     /// answer them is not closed for it.
     ///
@@ -1055,6 +1078,14 @@ fn start_connection(
             }
             ConnectionInfo {
                 peer_addr: peer,
+                // getsockname(2): the listener's address may be a wildcard.
+                local_addr: match tcp.local_addr() {
+                    Ok(addr) => Some(addr),
+                    Err(err) => {
+                        log::debug!("no local address for {}: {err}", conn::Peer(peer));
+                        None
+                    }
+                },
                 ..ConnectionInfo::default()
             }
         }

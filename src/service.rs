@@ -17,6 +17,7 @@ use crate::upgrade::UpgradeContext;
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionInfo {
     pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) local_addr: Option<SocketAddr>,
     /// The connection came over a Unix domain socket.
     pub(crate) unix: bool,
     pub(crate) peer_credentials: Option<PeerCredentials>,
@@ -41,6 +42,28 @@ impl ConnectionInfo {
     /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// The server's own address on this connection: the local address of the
+    /// accepted socket (with a server bound to `0.0.0.0`, the one address the
+    /// client reached, such as `127.0.0.1:3000`). `None` on a Unix domain
+    /// socket, which has no IP address (its path is
+    /// [`Server::local_unix_path`](crate::Server::local_unix_path)), and in
+    /// [`ConnectionInfo::new`] and [`crate::test`] requests.
+    ///
+    /// ```
+    /// use astra::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn which_port(_request: Request, info: ConnectionInfo) -> Response {
+    ///     match info.local_addr() {
+    ///         Some(addr) => Response::new(Body::new(format!("you reached port {}", addr.port()))),
+    ///         None => Response::new(Body::new("you came over a Unix socket")),
+    ///     }
+    /// }
+    /// # let _ = which_port(Request::new(Body::empty()), ConnectionInfo::default());
+    /// ```
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
     }
 
     /// Information for a connection from `peer_addr`, for calling a service

@@ -6,8 +6,11 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::error::Timeout;
+
 /// Why the server closed a connection, or saw it end. Named in the debug log
-/// line of every connection that ends, and counted in [`Stats::closed`].
+/// line of every connection that ends, and counted in [`Stats::closed`]; a
+/// timeout is named as its [`Timeout`] is (see [`CloseReason::timeout`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -53,20 +56,32 @@ impl CloseReason {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// The timeout that closed the connection, for the reasons that are one.
+    pub fn timeout(self) -> Option<Timeout> {
+        match self {
+            CloseReason::HeaderReadTimeout => Some(Timeout::HeaderRead),
+            CloseReason::KeepAliveTimeout => Some(Timeout::KeepAlive),
+            CloseReason::SendTimeout => Some(Timeout::Send),
+            CloseReason::ShutdownTimeout => Some(Timeout::Shutdown),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A timeout by its one name (see `Timeout`).
+        if let Some(timeout) = self.timeout() {
+            return timeout.fmt(f);
+        }
         f.write_str(match self {
             CloseReason::Done => "done",
-            CloseReason::HeaderReadTimeout => "header read timeout",
-            CloseReason::KeepAliveTimeout => "keep-alive timeout",
-            CloseReason::SendTimeout => "send timeout",
             CloseReason::Shutdown => "server shutting down",
-            CloseReason::ShutdownTimeout => "shutdown timeout",
             CloseReason::ClientGone => "client gone",
             CloseReason::Error => "protocol or connection error",
             CloseReason::TlsHandshake => "TLS handshake failed",
+            timeout => unreachable!("{timeout:?} is a timeout, named above"),
         })
     }
 }

@@ -5,10 +5,12 @@
 //! own. We track what the connection is doing instead ([`Activity`], updated by
 //! the socket and by each request) and derive the one deadline that applies.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::error::Timeout;
+use crate::stats::CloseReason;
 
 /// The connection timeouts of one server; `None` turns one off.
 #[derive(Clone, Copy, Debug)]
@@ -20,34 +22,20 @@ pub(crate) struct Timeouts {
     pub(crate) body_read: Option<Duration>,
 }
 
-/// Which timeout a deadline belongs to; its `Display` names it in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Waiting for a complete request head (the first one, or one that started).
-    HeaderRead,
-    /// Idle between requests.
-    KeepAlive,
-    /// A write has been blocked by a client that does not read.
-    Send,
-}
-
-impl Phase {
-    pub(crate) fn reason(self) -> crate::stats::CloseReason {
+/// The connection deadlines (header read, keep-alive, send) by the names
+/// users see; the close reason each one gives.
+impl Timeout {
+    pub(crate) fn reason(self) -> CloseReason {
         match self {
-            Phase::HeaderRead => crate::stats::CloseReason::HeaderReadTimeout,
-            Phase::KeepAlive => crate::stats::CloseReason::KeepAliveTimeout,
-            Phase::Send => crate::stats::CloseReason::SendTimeout,
+            Timeout::HeaderRead => CloseReason::HeaderReadTimeout,
+            Timeout::KeepAlive => CloseReason::KeepAliveTimeout,
+            Timeout::Send => CloseReason::SendTimeout,
+            Timeout::Shutdown => CloseReason::ShutdownTimeout,
+            // Not connection deadlines: they fail a read, not the connection.
+            Timeout::BodyRead | Timeout::UpgradedRead | Timeout::WebSocketIdle => {
+                CloseReason::Error
+            }
         }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::HeaderRead => "header read timeout",
-            Phase::KeepAlive => "keep-alive timeout",
-            Phase::Send => "send timeout",
-        })
     }
 }
 
@@ -172,27 +160,27 @@ impl Activity {
         &self,
         timeouts: &Timeouts,
         keep_alive_only: bool,
-    ) -> Option<(Instant, Phase)> {
-        let mut earliest: Option<(Instant, Phase)> = None;
-        let mut consider = |at: Instant, phase: Phase| {
+    ) -> Option<(Instant, Timeout)> {
+        let mut earliest: Option<(Instant, Timeout)> = None;
+        let mut consider = |at: Instant, phase: Timeout| {
             if earliest.is_none_or(|(e, _)| at < e) {
                 earliest = Some((at, phase));
             }
         };
         let write_blocked = self.write_blocked.load(Ordering::Relaxed);
         if let (Some(send), true) = (timeouts.send, write_blocked != 0) {
-            consider(self.at(write_blocked) + send, Phase::Send);
+            consider(self.at(write_blocked) + send, Timeout::Send);
         }
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let head_started = self.head_started.load(Ordering::Relaxed);
             let first_request = self.requests.load(Ordering::Relaxed) == 0;
             if first_request && !keep_alive_only {
                 if let Some(header_read) = timeouts.header_read {
-                    consider(self.start + header_read, Phase::HeaderRead);
+                    consider(self.start + header_read, Timeout::HeaderRead);
                 }
             } else if head_started != 0 && !keep_alive_only {
                 if let Some(header_read) = timeouts.header_read {
-                    consider(self.at(head_started) + header_read, Phase::HeaderRead);
+                    consider(self.at(head_started) + header_read, Timeout::HeaderRead);
                 }
             } else if let Some(keep_alive) = timeouts.keep_alive {
                 let idle_since = self.idle_since.load(Ordering::Relaxed);
@@ -201,7 +189,7 @@ impl Activity {
                 } else {
                     self.at(idle_since)
                 };
-                consider(since + keep_alive, Phase::KeepAlive);
+                consider(since + keep_alive, Timeout::KeepAlive);
             }
         }
         earliest
@@ -252,7 +240,7 @@ mod tests {
     fn a_new_connection_has_the_header_read_deadline() {
         let activity = Activity::new(Arc::default());
         let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
-        assert_eq!(phase, Phase::HeaderRead);
+        assert_eq!(phase, Timeout::HeaderRead);
     }
 
     #[test]
@@ -262,10 +250,10 @@ mod tests {
         assert!(activity.deadline(&TIMEOUTS, false).is_none());
         drop(guard);
         let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
-        assert_eq!(phase, Phase::KeepAlive);
+        assert_eq!(phase, Timeout::KeepAlive);
         activity.on_read();
         let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
-        assert_eq!(phase, Phase::HeaderRead);
+        assert_eq!(phase, Timeout::HeaderRead);
     }
 
     #[test]
@@ -274,7 +262,7 @@ mod tests {
         let _guard = activity.request_started();
         activity.on_write_blocked();
         let (_, phase) = activity.deadline(&TIMEOUTS, false).unwrap();
-        assert_eq!(phase, Phase::Send);
+        assert_eq!(phase, Timeout::Send);
         activity.on_write();
         assert!(activity.deadline(&TIMEOUTS, false).is_none());
     }
@@ -283,6 +271,6 @@ mod tests {
     fn http2_connections_use_the_keep_alive_timeout_when_idle() {
         let activity = Activity::new(Arc::default());
         let (_, phase) = activity.deadline(&TIMEOUTS, true).unwrap();
-        assert_eq!(phase, Phase::KeepAlive);
+        assert_eq!(phase, Timeout::KeepAlive);
     }
 }

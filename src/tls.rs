@@ -18,6 +18,7 @@ use std::task::{ready, Context, Poll};
 use hyper::rt::ReadBufCursor;
 
 use crate::sync_io::SyncIo;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ResolvesServerCertUsingSni};
@@ -42,8 +43,12 @@ use rustls::{ServerConfig, ServerConnection};
 /// ```
 ///
 /// Built from PEM files, it offers TLS 1.3 and 1.2 with rustls's safe defaults
-/// and the `ring` provider, and ALPN `h2` (with the `http2` feature) and
-/// `http/1.1`. For anything else (client certificates, other versions or
+/// and ALPN `h2` (with the `http2` feature) and `http/1.1`. Its crypto
+/// provider is the process default when the application installed one
+/// ([`rustls::crypto::CryptoProvider::install_default`], as rustls asks
+/// libraries to honour: install aws-lc-rs's there for its post-quantum key
+/// exchange), else `ring`, the provider feature `tls` builds (it has no
+/// post-quantum key exchange). For anything else (client certificates, other versions or
 /// providers, a certificate resolver of your own) build a
 /// [`rustls::ServerConfig`] and convert it with `From`; ALPN is added when it
 /// sets none.
@@ -169,10 +174,11 @@ impl TlsConfig {
     fn into_base(self) -> Arc<ServerConfig> {
         match self.source {
             Source::Certificates(certs) => {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = ServerConfig::builder_with_provider(provider)
+                let config = ServerConfig::builder_with_provider(crypto_provider())
                     .with_safe_default_protocol_versions()
-                    .expect("ring supports rustls's default protocol versions")
+                    // ring has both; a process default without either is
+                    // the application's mistake, named here.
+                    .expect("the process-default rustls CryptoProvider supports TLS 1.3 or 1.2")
                     .with_no_client_auth()
                     .with_cert_resolver(Arc::new(certs));
                 Arc::new(config)
@@ -240,6 +246,24 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
+/// The crypto provider for configurations built from PEM: the process
+/// default when the application installed one (rustls asks libraries to use
+/// it), else ring's.
+fn crypto_provider() -> Arc<CryptoProvider> {
+    if let Some(installed) = CryptoProvider::get_default() {
+        return installed.clone();
+    }
+    // Not `ServerConfig::builder()`, which installs a default from rustls's
+    // features: it panics when another crate in the build also turns on
+    // rustls's aws-lc-rs. rustls 0.23.48 deprecates ring's constructor because
+    // ring has no post-quantum key exchange; ring stays our provider (no
+    // aws-lc-rs dependency), and an application that wants the post-quantum
+    // exchange installs aws-lc-rs as the process default above.
+    #[allow(deprecated)]
+    let ring = rustls::crypto::ring::default_provider();
+    Arc::new(ring)
+}
+
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message.into())
 }
@@ -287,8 +311,7 @@ fn certified_key(
     key_name: &str,
     chain_name: &str,
 ) -> io::Result<CertifiedKey> {
-    let provider = rustls::crypto::ring::default_provider();
-    match CertifiedKey::from_der(chain, key, &provider) {
+    match CertifiedKey::from_der(chain, key, &crypto_provider()) {
         Ok(key) => Ok(key),
         Err(rustls::Error::InconsistentKeys(_)) => Err(invalid(format!(
             "the {key_name} does not belong to the first certificate of the {chain_name}"

@@ -20,6 +20,7 @@ use http::{header, Method, StatusCode, Version};
 use hyper::rt::{Read as _, Write as _};
 
 use crate::body::{Body, Request, Response};
+use crate::error::{Timeout, TimeoutError};
 use crate::runtime::park::block_on_timeout;
 use crate::runtime::Pool;
 use crate::shutdown::{ConnectionGuard, Signal};
@@ -409,8 +410,10 @@ fn too_many_upgrades() -> Response {
 /// [`send_timeout`](crate::Server::send_timeout) (change them with
 /// [`set_read_timeout`](Upgraded::set_read_timeout) and
 /// [`set_write_timeout`](Upgraded::set_write_timeout)); either fails with
-/// `ErrorKind::TimedOut`. The stream counts as an open connection: a graceful
-/// shutdown waits for it up to `shutdown_timeout`, and meanwhile a read that
+/// `ErrorKind::TimedOut`, whose inner [`TimeoutError`] names
+/// [`Timeout::UpgradedRead`] or [`Timeout::Send`]. The stream counts as an
+/// open connection: a graceful shutdown waits for it up to
+/// `shutdown_timeout`, and meanwhile a read that
 /// would wait fails with `ErrorKind::ConnectionAborted` so the continuation
 /// can say goodbye and return; past the timeout the connection is closed.
 /// Dropping the stream closes the connection.
@@ -459,7 +462,7 @@ impl Upgraded {
     fn wait<T>(
         &mut self,
         timeout: Option<Duration>,
-        what: &str,
+        what: Timeout,
         mut op: impl FnMut(Pin<&mut Io>, &mut Context<'_>, &mut ConnectionGuard) -> Poll<io::Result<T>>,
     ) -> io::Result<T> {
         let Upgraded { io, parts, .. } = self;
@@ -468,18 +471,19 @@ impl Upgraded {
         let future = std::future::poll_fn(|cx| op(Pin::new(&mut *io), cx, guard));
         let result = match block_on_timeout(future, timeout, Some(pool)) {
             Some(result) => result,
-            None => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "upgraded stream: {what} timed out after {:?}",
-                    timeout.unwrap_or_default()
-                ),
-            )),
+            None => {
+                let waited_for = match what {
+                    Timeout::UpgradedRead => "no data from the client",
+                    _ => "the client took none of our bytes",
+                };
+                let after = timeout.unwrap_or_default();
+                Err(TimeoutError::new(what, after, waited_for).into_io())
+            }
         };
         if let Err(err) = &result {
             let reason = match err.kind() {
                 // The continuation may well read again.
-                io::ErrorKind::TimedOut if what == "read" => None,
+                io::ErrorKind::TimedOut if what == Timeout::UpgradedRead => None,
                 io::ErrorKind::TimedOut => Some(CloseReason::SendTimeout),
                 io::ErrorKind::ConnectionAborted if parts.guard.signal().is_requested() => {
                     Some(CloseReason::Shutdown)
@@ -504,7 +508,7 @@ impl Read for Upgraded {
             return Ok(0);
         }
         let timeout = self.read_timeout;
-        self.wait(timeout, "read", |io, cx, guard| {
+        self.wait(timeout, Timeout::UpgradedRead, |io, cx, guard| {
             let mut read = hyper::rt::ReadBuf::new(buf);
             match io.poll_read(cx, read.unfilled()) {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
@@ -527,19 +531,19 @@ impl Read for Upgraded {
 impl Write for Upgraded {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let timeout = self.write_timeout;
-        self.wait(timeout, "write", |io, cx, _| io.poll_write(cx, buf))
+        self.wait(timeout, Timeout::Send, |io, cx, _| io.poll_write(cx, buf))
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let timeout = self.write_timeout;
-        self.wait(timeout, "write", |io, cx, _| {
+        self.wait(timeout, Timeout::Send, |io, cx, _| {
             io.poll_write_vectored(cx, bufs)
         })
     }
 
     fn flush(&mut self) -> io::Result<()> {
         let timeout = self.write_timeout;
-        self.wait(timeout, "flush", |io, cx, _| io.poll_flush(cx))
+        self.wait(timeout, Timeout::Send, |io, cx, _| io.poll_flush(cx))
     }
 }
 

@@ -54,6 +54,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, WebSocket};
 
 use crate::body::{Body, Request, Response};
+use crate::error::Timeout;
 use crate::runtime::pool::UserCall;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::sync_io::SyncIo;
@@ -282,40 +283,52 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// The largest message the client may send, in bytes (default 16 MiB);
-    /// a bigger one closes the socket with 1009.
+    /// The largest message the client may send, in bytes; a bigger one
+    /// closes the socket with 1009.
+    ///
+    /// Default is 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.settings.max_message = bytes;
         self
     }
 
-    /// The largest frame the client may send, in bytes (default 16 MiB); a
-    /// bigger one closes the socket with 1009.
+    /// The largest frame the client may send, in bytes; a bigger one closes
+    /// the socket with 1009.
+    ///
+    /// Default is 16 MiB.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.settings.max_frame = bytes;
         self
     }
 
     /// How long the socket may stay silent (no message, ping or pong from the
-    /// client) before the server closes it (code 1000, "idle timeout").
-    /// Default 60 s; `None` keeps it open for ever. Messages mode only.
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.settings.idle_timeout = timeout;
+    /// client) before the server closes it (code 1000, "idle timeout"; the
+    /// log names it [`Timeout::WebSocketIdle`]). As for every timeout of
+    /// `Server`'s, `None` turns it off: the socket stays open for ever.
+    /// Messages mode only.
+    ///
+    /// Default is 60 seconds.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.settings.idle_timeout = timeout.into();
         self
     }
 
     /// After this long without hearing from the client, the server sends a
     /// ping, which a live client answers (so a live but quiet client is not
-    /// idle). Default 30 s; `None` sends none. Messages mode only.
-    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.settings.ping_interval = interval;
+    /// idle). `None` turns it off: no pings. Messages mode only.
+    ///
+    /// Default is 30 seconds.
+    pub fn ping_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.settings.ping_interval = interval.into();
         self
     }
 
-    /// How many received messages may wait for the handler (default 64).
-    /// When that many wait, the server stops reading the socket, so a fast
-    /// client is slowed by TCP flow control: nothing is dropped. Messages
-    /// mode only.
+    /// How many received messages may wait for the handler. When that many
+    /// wait, the server stops reading the socket, so a fast client is slowed
+    /// by TCP flow control: nothing is dropped. 0 counts as 1 (the message
+    /// being read has to go somewhere). Messages mode only.
+    ///
+    /// Default is 64.
     pub fn max_queued_messages(mut self, messages: usize) -> Self {
         self.settings.max_queued = messages.max(1);
         self
@@ -501,24 +514,43 @@ impl fmt::Debug for Sender {
 }
 
 /// Why a message could not be sent.
+///
+/// More causes may be added; match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The socket is closed or closing.
     Closed,
     /// The outgoing queue stayed full (a client that does not read) for the
-    /// server's `send_timeout`.
+    /// server's `send_timeout`: the timeout [`Timeout::Send`], as
+    /// [`SendError::timeout`] says.
     TimedOut,
     /// `try_send` found the outgoing queue full.
     Full,
 }
 
+impl SendError {
+    /// The timeout that failed the send, by the name stats, logs and I/O
+    /// errors give it: [`Timeout::Send`] for [`SendError::TimedOut`].
+    pub fn timeout(&self) -> Option<Timeout> {
+        match self {
+            SendError::TimedOut => Some(Timeout::Send),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SendError::Closed => "the WebSocket is closed",
-            SendError::TimedOut => "the WebSocket's client has not read for the send timeout",
-            SendError::Full => "the WebSocket's outgoing queue is full",
-        })
+        match self {
+            SendError::Closed => f.write_str("the WebSocket is closed"),
+            SendError::TimedOut => write!(
+                f,
+                "{}: the WebSocket's client has not read its messages",
+                Timeout::Send
+            ),
+            SendError::Full => f.write_str("the WebSocket's outgoing queue is full"),
+        }
     }
 }
 
@@ -1100,6 +1132,8 @@ impl Socket {
                     if now >= self.last_heard + idle {
                         self.parts
                             .ended(crate::stats::CloseReason::KeepAliveTimeout);
+                        log::debug!("closing a WebSocket: {}", Timeout::WebSocketIdle);
+                        // The close frame's reason stays the short wire text.
                         self.close(CloseCode::Normal, "idle timeout");
                         return;
                     }
@@ -1180,5 +1214,19 @@ impl Drop for Socket {
     fn drop(&mut self) {
         self.mark_closed();
         crate::trim::released(self.largest.0 + self.largest.1);
+    }
+}
+
+#[cfg(test)]
+mod send_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_send_timeout_is_named_as_everywhere_else() {
+        assert_eq!(SendError::TimedOut.timeout(), Some(Timeout::Send));
+        assert_eq!(SendError::Closed.timeout(), None);
+        assert!(SendError::TimedOut
+            .to_string()
+            .starts_with("send timeout: "));
     }
 }

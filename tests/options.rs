@@ -825,6 +825,27 @@ mod http2_wire {
         assert_eq!(connection_window_granted(set), 1_000_000);
     }
 
+    /// The windows and the frame size have no "off": `None` keeps the
+    /// default (a 2 GiB window per stream is nothing to fall into by
+    /// accident), as in astra 0.4.
+    #[test]
+    fn http2_none_windows_and_frame_size_keep_the_defaults() {
+        let none = announced(
+            common::server()
+                .http2_initial_stream_window_size(None)
+                .http2_max_frame_size(None),
+        );
+        let default = announced(common::server());
+        for id in [INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE] {
+            assert_eq!(setting(&none, id), setting(&default, id), "{none:?}");
+        }
+        assert_eq!(setting(&none, INITIAL_WINDOW_SIZE), Some(256 * 1024));
+        assert_eq!(
+            connection_window_granted(common::server().http2_initial_connection_window_size(None)),
+            connection_window_granted(common::server())
+        );
+    }
+
     /// Uploads 60,000 bytes (within the spec's windows) and returns the
     /// server's SETTINGS, the frames it sent up to the answer and one round
     /// trip more, and those of two round trips after its PINGs are answered

@@ -508,3 +508,54 @@ fn a_slow_but_steady_request_body_is_read_whole() {
     }
     assert_eq!(conn.read_response().unwrap().body_str(), "read 10");
 }
+
+/// A body read's timeout error names the timeout that fired, as its inner
+/// error, and by the same name the close reasons use.
+#[test]
+fn a_body_read_timeout_error_says_which_timeout_fired() {
+    let server = server().body_read_timeout(Duration::from_millis(300));
+    let server = start(server, |mut request: astra::Request, _info| {
+        let mut body = Vec::new();
+        let err = request
+            .body_mut()
+            .reader()
+            .read_to_end(&mut body)
+            .unwrap_err();
+        let inner = astra::TimeoutError::from_io(&err).map(|e| (e.timeout(), e.duration()));
+        Response::new(Body::new(format!(
+            "{:?} {:?} {:?} {}",
+            err.kind(),
+            astra::Timeout::of(&err),
+            inner,
+            astra::Timeout::BodyRead,
+        )))
+    });
+    let response = raw_request(
+        server.addr(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    assert_eq!(
+        response.body_str(),
+        "TimedOut Some(BodyRead) Some((BodyRead, 300ms)) body read timeout"
+    );
+}
+
+/// The close reasons that are timeouts print as their `Timeout` does.
+#[test]
+fn close_reasons_and_timeouts_share_their_names() {
+    use astra::Timeout;
+    for (reason, timeout) in [
+        (CloseReason::HeaderReadTimeout, Timeout::HeaderRead),
+        (CloseReason::KeepAliveTimeout, Timeout::KeepAlive),
+        (CloseReason::SendTimeout, Timeout::Send),
+        (CloseReason::ShutdownTimeout, Timeout::Shutdown),
+    ] {
+        assert_eq!(reason.timeout(), Some(timeout));
+        assert_eq!(reason.to_string(), timeout.to_string());
+    }
+    assert_eq!(CloseReason::Done.timeout(), None);
+    assert_eq!(
+        CloseReason::HeaderReadTimeout.to_string(),
+        "header read timeout"
+    );
+}

@@ -100,11 +100,9 @@ impl Pki {
     fn client_config(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The process default: ring, the only provider this build turns on.
         Arc::new(
-            ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
+            ClientConfig::builder()
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         )
@@ -427,18 +425,12 @@ fn a_client_certificate_is_visible_to_the_handler() {
     let client = pki.client("client", "alice");
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
     let chain = vec![cert.der.clone()];
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
+    let config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .unwrap();

@@ -343,3 +343,30 @@ fn tcp_connections_are_not_unix_ones() {
     );
     assert_eq!(common::server().local_unix_path(), None);
 }
+
+#[test]
+fn local_addr_is_the_accepted_sockets_address_over_tcp_and_none_over_unix() {
+    // Bound to the wildcard address: the local address is the one the client
+    // reached, not 0.0.0.0.
+    let tcp = start(
+        Server::bind("0.0.0.0:0"),
+        |_request: Request, info: ConnectionInfo| {
+            Response::new(Body::new(format!("{:?}", info.local_addr())))
+        },
+    );
+    let port = tcp.addr().port();
+    let reached: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get(reached, "/"), (200, format!("Some({reached})")));
+    assert_eq!(ConnectionInfo::default().local_addr(), None);
+
+    let dir = TempDir::new("unix-local-addr");
+    let (path, handle, serving) = start_unix(
+        Server::bind_unix(dir.join("s")),
+        |_request: Request, info: ConnectionInfo| {
+            Response::new(Body::new(format!("{:?}", info.local_addr())))
+        },
+    );
+    let reply = raw_unix_request(&path, GET_CLOSE);
+    assert!(reply.ends_with("\r\n\r\nNone"), "{reply}");
+    stop(handle, serving);
+}

@@ -326,3 +326,60 @@ fn http2_extended_connect_gives_a_blocking_stream() {
         Some("echo")
     );
 }
+
+/// An upgraded stream's read timeout names itself in the error.
+#[test]
+fn an_upgraded_read_timeout_error_says_which_timeout_fired() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = start(
+        server(),
+        move |mut request: Request, _info: ConnectionInfo| {
+            let upgrade = Upgrade::from_request(&mut request).unwrap();
+            let tx = tx.lock().unwrap().clone();
+            upgrade.respond(switching("echo"), move |mut stream| {
+                stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let err = stream.read(&mut [0; 16]).unwrap_err();
+                let _ = tx.send((err.kind(), astra::Timeout::of(&err)));
+            })
+        },
+    );
+    let mut conn = RawConn::open(server.addr());
+    conn.send(UPGRADE_REQUEST);
+    assert_eq!(conn.read_head().unwrap().1, 101);
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        got,
+        (io::ErrorKind::TimedOut, Some(astra::Timeout::UpgradedRead))
+    );
+}
+
+/// `max_blocking_upgrades(0)` allows no blocking upgrade: each is answered
+/// 503 and its continuation never runs; ordinary requests are served.
+#[test]
+fn max_blocking_upgrades_zero_refuses_every_blocking_upgrade() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = ran.clone();
+    let server = start(
+        server().max_blocking_upgrades(0),
+        move |mut request: Request, _info: ConnectionInfo| {
+            let Some(upgrade) = Upgrade::from_request(&mut request) else {
+                return astra::Response::new(Body::new("plain"));
+            };
+            let counted = counted.clone();
+            upgrade.respond(switching("echo"), move |_stream| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            })
+        },
+    );
+    let addr = server.addr();
+    for _ in 0..2 {
+        let mut conn = RawConn::open(addr);
+        conn.send(UPGRADE_REQUEST);
+        let refused = conn.read_response().unwrap();
+        assert_eq!(refused.status, 503);
+        assert_eq!(refused.header("retry-after"), Some("1"));
+    }
+    assert_eq!(get(addr, "/"), (200, "plain".to_string()));
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}

@@ -23,20 +23,18 @@ static FULL: AtomicU64 = AtomicU64::new(0);
 static RESUMED: AtomicU64 = AtomicU64::new(0);
 
 /// rustls at its defaults (TLS 1.2 and 1.3, its stateful session cache and
-/// TLS 1.3 tickets, so a client that wants to resume can), with the ring
-/// provider named explicitly rather than left to the crate features.
+/// TLS 1.3 tickets, so a client that wants to resume can), with rustls's
+/// process-default provider: ring, the only one this workspace turns on, as
+/// the library uses when the application installs none.
 fn tls_config(cert: &str, key: &str) -> Result<ServerConfig, String> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|err| format!("{cert}: {err}"))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|err| format!("{key}: {err}"))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|err| err.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|err| err.to_string())?;
+    let mut config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|err| err.to_string())?;
     // What the library offers with `http2` on, in the same order.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
