@@ -7,10 +7,11 @@
 #   SERVERS="ours hyper_tokio" bench/run.sh S2
 #   PIN=1 bench/run.sh S1        # servers on CPU 0, load tools on CPU 1
 #   SERVERS="ours_ws tungstenite_blocking tokio_tungstenite" bench/run.sh S14 S15
+#   bench/run.sh S16             # instructions per request under callgrind
 #
 # Environment: QUICK, REPS, DUR (seconds), SERVERS, PIN, PIN_SERVER_CPUS,
 # PIN_LOAD_CPUS, S3_CONNS, S4_N, S6_SECS, S6_REPS, UPLOAD_SIZE (for S5's big
-# upload, a `head -c` size), S13_CLIENTS, S15_CONNS, LOGDIR.
+# upload, a `head -c` size), S13_CLIENTS, S15_CONNS, S16_N, LOGDIR.
 #
 # Every step is bounded with `timeout`; a server that fails or hangs gets
 # "failed: why" in its cell and the run goes on.
@@ -28,11 +29,13 @@ if [ "$QUICK" = 1 ]; then
     DUR=${DUR:-3}
     S4_N=${S4_N:-50000}
     S6_SECS=${S6_SECS:-15}
+    S16_N=${S16_N:-4000}
 else
     REPS=${REPS:-3}
     DUR=${DUR:-10}
     S4_N=${S4_N:-200000}
     S6_SECS=${S6_SECS:-60}
+    S16_N=${S16_N:-10000}
 fi
 S3_CONNS=${S3_CONNS:-5000}
 S6_REPS=${S6_REPS:-$REPS}
@@ -40,7 +43,7 @@ UPLOAD_SIZE=${UPLOAD_SIZE:-1G}
 S13_CLIENTS=${S13_CLIENTS:-4}
 S15_CONNS=${S15_CONNS:-10000}
 SERVERS=${SERVERS:-"ours hyper_tokio hyper_tokio_64k hyper_blocking astra04 tiny_http limit ours_tls hyper_tokio_tls ours_ws tungstenite_blocking tokio_tungstenite"}
-SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 S12 S13 S14 S15"}
+SCENARIOS=${*:-"S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 S12 S13 S14 S15 S16"}
 REFERENCE=hyper_tokio
 # The TLS scenarios' reference: hyper_tokio behind tokio-rustls.
 TLS_REFERENCE=hyper_tokio_tls
@@ -93,6 +96,9 @@ declare -A NO_H2=([tiny_http]=1 [limit]=1)
 # `limit` answers every request with the same 13 bytes and is only meaningful
 # where that is the request: S1 and S10 (hello), and S3 (idle connections).
 declare -A LIMIT_SCENARIOS=([S1]=1 [S3]=1 [S10]=1)
+# S16 (callgrind) compares ours with the reference only: each server costs it
+# about a minute per repetition, and the question it answers is that ratio.
+declare -A CALLGRIND_SERVER=([ours]=1 [hyper_tokio]=1)
 
 # Counted before the driver pins itself (PIN=1), after which nproc says 1.
 CORES=$(nproc)
@@ -119,6 +125,10 @@ install_tools() {
     command -v slowhttptest >/dev/null || missing+=(slowhttptest)
     command -v curl >/dev/null || missing+=(curl)
     command -v openssl >/dev/null || missing+=(openssl)
+    # valgrind only for S16, which alone needs it.
+    if [[ " $SCENARIOS " == *" S16 "* ]]; then
+        command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || missing+=(valgrind)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing ${missing[*]}"
     local sudo=""
@@ -160,6 +170,10 @@ raise_fd_limit() {
 # ------------------------------------------------------------ server lifecycle
 
 SERVER_PID=""
+# What start_server runs the server under (S16: valgrind), and how long it
+# waits for the server's first answer.
+SERVER_WRAP=()
+START_SECS=10
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -176,9 +190,9 @@ start_server() {
         echo "port $port still in use"
         return 1
     fi
-    "${SRV[@]}" "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
+    "${SRV[@]}" "${SERVER_WRAP[@]}" "$BIN/$name" "127.0.0.1:$port" >>"$LOGDIR/$name.out" 2>>"$LOGDIR/$name.err" 9>&- &
     SERVER_PID=$!
-    local deadline=$((SECONDS + 10))
+    local deadline=$((SECONDS + START_SECS))
     while [ "$SECONDS" -lt "$deadline" ]; do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             wait "$SERVER_PID" 2>/dev/null
@@ -200,9 +214,9 @@ start_server() {
         sleep 0.1
     done
     if [ -n "${WS_SERVER[$name]:-}" ]; then
-        echo "did not echo a WebSocket message within 10 s of starting"
+        echo "did not echo a WebSocket message within $START_SECS s of starting"
     else
-        echo "did not answer GET / within 10 s of starting"
+        echo "did not answer GET / within $START_SECS s of starting"
     fi
     stop_server
     return 1
@@ -319,6 +333,7 @@ servers_for() {
     local server class
     class=$(scenario_class "$1")
     for server in $SERVERS; do
+        [ "$1" = S16 ] && [ -z "${CALLGRIND_SERVER[$server]:-}" ] && continue
         [ "$(server_class "$server")" = "$class" ] && echo "$server"
     done
 }
@@ -952,6 +967,99 @@ s15() {
 # HTTP keep-alive connection measured in the same run.
 s15_http() { idle_http S15 "$1" ours_http "$S15_CONNS"; }
 
+# ------------------------------------------------------ callgrind scenario
+
+# S16: user-space instructions per request, server side, under callgrind,
+# with start-up and connection set-up taken out (README: "S16"). The server
+# runs under `valgrind --tool=callgrind` (once sets SERVER_WRAP); for each
+# load, on a fresh server:
+#   1. a warm-up h2load of S16_N/2 requests, then a dump: start-up, the
+#      warm-up and any lazy set-up go into that dump, which is not used;
+#   2. h2load of N1 = S16_N requests, then a dump: Ir(N1);
+#   3. h2load of N2 = 3 x S16_N requests, then a dump: Ir(N2);
+# and records (Ir(N2) - Ir(N1)) / (N2 - N1). Steps 2 and 3 open the same
+# connections, so their set-up and close cancel out; what is left is the
+# cost of the extra requests. A dump (`callgrind_control -d`) writes the
+# counts since the previous one to OUT.PART and zeroes them.
+S16_LOADS="h1_64 h1_1000 h2c"
+declare -A S16_ARGS=([h1_64]="--h1 -c 64" [h1_1000]="--h1 -c 1000" [h2c]="-c 16 -m 32")
+declare -A S16_LABEL=(
+    [h1_64]="HTTP/1.1 keep-alive, 64 connections" [h1_1000]="HTTP/1.1 keep-alive, 1,000 connections"
+    [h2c]="h2c (HTTP/2 prior knowledge), 16 connections x 32 streams"
+)
+# The valgrind command line S16 runs servers under; the output file is added
+# per run.
+S16_VALGRIND=(valgrind --tool=callgrind --quiet)
+
+# cg_dump OUT PART: a dump of the server's counters; prints the Ir total of
+# OUT.PART, or fails.
+cg_dump() {
+    local out=$1 part=$2 i
+    timeout -k 2 60 "${LOAD[@]}" callgrind_control -d "$SERVER_PID" >>"$out.control" 2>&1 || return 1
+    # `totals:` is the dump's last line: once it is there, the file is whole.
+    for i in $(seq 100); do
+        grep -q '^totals:' "$out.$part" 2>/dev/null && break
+        sleep 0.1
+    done
+    awk '$1 == "totals:" { print $2; found = 1 } END { exit !found }' "$out.$part" 2>/dev/null
+}
+
+# cg_h2load OUT N ARGS...: h2load of N requests, its output in OUT.N; prints
+# nothing if all N succeeded, else why not.
+cg_h2load() {
+    local out=$1.$2 n=$2 status
+    shift 2
+    timeout -k 5 300 "${LOAD[@]}" h2load -n "$n" "$@" >"$out" 2>&1
+    status=$?
+    awk -v status="$status" -v n="$n" '
+        /^requests:/ { ok = $8 }
+        END {
+            if (status == 124 || status == 137) { print "h2load did not finish in 300 s"; exit }
+            if (ok == "") { printf "h2load error (exit %s)\n", status; exit }
+            if (ok + 0 < n + 0) { printf "%d of %d requests succeeded\n", ok, n; exit }
+        }' "$out"
+}
+
+# s16_load LOAD SERVER: the three steps above for one load of S16_LOADS.
+s16_load() {
+    local load=$1 server=$2 out n1 n2 why ir1 ir2 url
+    out="$LOGDIR/S16.$server.$load.$(date +%s%N)"
+    n1=$S16_N
+    n2=$((3 * S16_N))
+    url=$(url "$server" /)
+    # shellcheck disable=SC2086
+    why=$(cg_h2load "$out.h2load" $((S16_N / 2)) ${S16_ARGS[$load]} "$url")
+    [ -z "$why" ] && ! cg_dump "$CG_OUT" 1 >/dev/null && why="callgrind_control -d failed (see $out.control)"
+    # shellcheck disable=SC2086
+    [ -z "$why" ] && why=$(cg_h2load "$out.h2load" "$n1" ${S16_ARGS[$load]} "$url")
+    [ -z "$why" ] && { ir1=$(cg_dump "$CG_OUT" 2) || why="callgrind_control -d failed (see $out.control)"; }
+    # shellcheck disable=SC2086
+    [ -z "$why" ] && why=$(cg_h2load "$out.h2load" "$n2" ${S16_ARGS[$load]} "$url")
+    [ -z "$why" ] && { ir2=$(cg_dump "$CG_OUT" 3) || why="callgrind_control -d failed (see $out.control)"; }
+    if [ -n "$why" ]; then
+        record S16 "$server" "$load" "failed: $why"
+        return
+    fi
+    echo "$server $load: Ir($n1) $ir1, Ir($n2) $ir2" >>"$RES/S16.notes"
+    record S16 "$server" "$load" "$(awk -v a="$ir1" -v b="$ir2" -v n1="$n1" -v n2="$n2" \
+        'BEGIN { printf "%.0f", (b - a) / (n2 - n1) }')"
+}
+
+# s16 SERVER LOAD: once() for one load, on a fresh server under callgrind
+# whose dumps go to CG_OUT.1, .2, ...
+s16() {
+    local server=$1
+    S16_LOAD=$2
+    CG_OUT="$LOGDIR/S16.$server.$S16_LOAD.$(date +%s%N).callgrind"
+    SERVER_WRAP=("${S16_VALGRIND[@]}" "--callgrind-out-file=$CG_OUT")
+    # valgrind takes a few seconds to start a server, more on a busy machine.
+    START_SECS=60
+    once S16 "$server" s16_run "$S16_LOAD"
+    SERVER_WRAP=()
+    START_SECS=10
+}
+s16_run() { s16_load "$S16_LOAD" "$1"; }
+
 # --------------------------------------------------------------------- driver
 
 # metrics of each scenario, for "n/a" and failure cells
@@ -962,6 +1070,7 @@ declare -A METRICS=(
     [S10]="rps p99 err probe threads rss"
     [S11]="rps p99 err probe threads rss" [S12]="rps err" [S13]="hs cpu_us cpu_pct"
     [S14]="rps p50 p99 err cpu_pct cs_per_msg client_cpu threads" [S15]="threads rss_per_conn latency opened"
+    [S16]="$S16_LOADS"
 )
 
 # start_server sets SERVER_PID, so it must not run in a subshell; this wrapper
@@ -998,7 +1107,7 @@ once() {
 }
 
 run_scenario() {
-    local sc=$1 server rep reps=$REPS
+    local sc=$1 server rep reps=$REPS load
     [ "$sc" = S6 ] && reps=$S6_REPS
     # Repetitions are interleaved across servers, so that a burst of load from
     # elsewhere on a shared machine is spread over all of them rather than
@@ -1030,6 +1139,7 @@ run_scenario() {
                 S13) once S13 "$server" s13 "${METRICS[S13]}" ;;
                 S14) once S14 "$server" s14 "${METRICS[S14]}" ;;
                 S15) once S15 "$server" s15 "${METRICS[S15]}" ;;
+                S16) for load in $S16_LOADS; do s16 "$server" "$load"; done ;;
                 *) log "unknown scenario $sc" ;;
             esac
         done
@@ -1187,6 +1297,22 @@ print_scenario() {
             echo "RSS is the server process's VmRSS; the kernel's socket buffers are not in it, and are the" \
                 "same for every server."
             ;;
+        S16)
+            echo "### S16: user-space instructions per request, server side (\`valgrind --tool=callgrind\`;" \
+                "(Ir(N2) - Ir(N1)) / (N2 - N1), N1 = $S16_N and N2 = $((3 * S16_N)) requests over the same" \
+                "connections, after a warm-up of $((S16_N / 2)))"
+            echo
+            callgrind_table
+            echo
+            echo "Ir: instructions executed in user space by every thread of the server (callgrind sees no" \
+                "kernel code), so system calls count only their user-space side. Lower is better; the ratio's" \
+                "goal is <= 1.00x."
+            if [ -s "$RES/S16.notes" ]; then
+                echo
+                echo "Totals, per run:"
+                sed 's/^/- /' "$RES/S16.notes"
+            fi
+            ;;
     esac
     local loads
     loads=$(value_range "$sc" load1)
@@ -1211,6 +1337,34 @@ print_scenario() {
     echo
 }
 
+# callgrind_table: S16's table, a row per load and a column per server, then
+# each server's ratio to the reference if both ran.
+callgrind_table() {
+    local servers load server head="| load | command |" rule="|---|---|" row value ref=$REFERENCE
+    servers=$(servers_for S16 | tr '\n' ' ')
+    for server in $servers; do
+        head+=" $server Ir/request | min–max of $REPS |"
+        rule+="---:|---:|"
+    done
+    for server in $servers; do
+        [ "$server" != "$ref" ] && [[ " $servers " == *" $ref "* ]] && head+=" $server / $ref |" && rule+="---:|"
+    done
+    echo "$head"
+    echo "$rule"
+    for load in $S16_LOADS; do
+        row="| ${S16_LABEL[$load]} | \`h2load -n N ${S16_ARGS[$load]} http://127.0.0.1:PORT/\` |"
+        for server in $servers; do
+            value=$(cell S16 "$server" "$load")
+            row+=" $(fmt "$value" 0) | $(spread S16 "$server" "$load" 0) |"
+        done
+        for server in $servers; do
+            [ "$server" != "$ref" ] && [[ " $servers " == *" $ref "* ]] &&
+                row+=" $(ratio "$(cell S16 "$server" "$load")" "$(cell S16 "$ref" "$load")") |"
+        done
+        echo "$row"
+    done
+}
+
 lock_version() {
     awk -v name="$1" '
         $0 == "name = \"" name "\"" { getline; gsub(/version = |"/, ""); print }
@@ -1228,7 +1382,8 @@ header() {
         "tokio-rustls $(lock_version tokio-rustls), tungstenite $(lock_version tungstenite)," \
         "tokio-tungstenite $(lock_version tokio-tungstenite)"
     echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'); $(h2load --version 2>&1 | head -1);" \
-        "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null); $(openssl version 2>&1 | awk '{ print $1, $2 }')"
+        "slowhttptest $(dpkg-query -W -f='${Version}' slowhttptest 2>/dev/null); $(openssl version 2>&1 | awk '{ print $1, $2 }')$(
+            [[ " $SCENARIOS " == *" S16 "* ]] && echo "; $(valgrind --version 2>&1)")"
     if [ "$PIN" = 1 ]; then
         echo "- mode: pinned (PIN=1): every server under \`taskset -c $PIN_SERVER_CPUS\`, every load tool" \
             "and the driver under \`taskset -c $PIN_LOAD_CPUS\`; servers size themselves from their" \
@@ -1237,7 +1392,7 @@ header() {
         echo "- mode: shared (PIN=0): servers and load tools unpinned, sharing all $CORES cores"
     fi
     echo "- settings: QUICK=$QUICK, $REPS repetition(s) (median), ${DUR}s wrk runs, S6 ${S6_SECS}s x $S6_REPS," \
-        "S3 $S3_CONNS connections, S4 $S4_N requests, S15 $S15_CONNS sockets; every server fresh for every" \
+        "S3 $S3_CONNS connections, S4 $S4_N requests, S15 $S15_CONNS sockets, S16 N1 $S16_N; every server fresh for every" \
         "repetition; ratios are to $REFERENCE in this run, in S11-S13 to $TLS_REFERENCE, in S14-S15 to" \
         "$WS_REFERENCE (for latency, threads, RSS, time, CPU per handshake and context switches per" \
         "message: lower is better)"
