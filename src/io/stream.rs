@@ -11,9 +11,8 @@ use hyper::rt::ReadBufCursor;
 
 use crate::runtime::reactor::{ScheduledIo, READABLE, WRITABLE};
 use crate::runtime::Pool;
-use crate::service::PeerCredentials;
-use crate::shutdown::{Signal, TrackedSocket};
-use crate::timeouts::Activity;
+use crate::server::shutdown::{Signal, TrackedSocket};
+use crate::server::timeouts::Activity;
 
 /// An accepted stream socket, TCP or Unix: both are read, written and shut
 /// down the same way, so the rest of the crate sees one kind of connection.
@@ -85,50 +84,6 @@ impl mio::event::Source for Stream {
             Stream::Unix(stream) => stream.deregister(registry),
         }
     }
-}
-
-/// The credentials of a Unix socket's peer (`SO_PEERCRED`).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) fn peer_credentials(stream: &mio::net::UnixStream) -> io::Result<PeerCredentials> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let size = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    let mut len = size;
-    // SAFETY: the descriptor is open for the call (`stream` owns it and is
-    // borrowed); getsockopt(2) writes at most `len` bytes, the size of `cred`,
-    // through a pointer to that live local, and its length to `len`, another.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if len != size {
-        return Err(io::Error::other(format!(
-            "SO_PEERCRED returned {len} bytes, not {size}"
-        )));
-    }
-    Ok(PeerCredentials {
-        // 0: the peer's process is not visible from our PID namespace.
-        pid: u32::try_from(cred.pid).ok().filter(|&pid| pid > 0),
-        uid: cred.uid,
-        gid: cred.gid,
-    })
-}
-
-/// Other systems have no `SO_PEERCRED`.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) fn peer_credentials(_stream: &mio::net::UnixStream) -> io::Result<PeerCredentials> {
-    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// An accepted connection, registered with the pool's reactor for its whole

@@ -62,7 +62,7 @@ impl ServerHandle {
     /// assert_eq!(stats.http1_connections, 0);
     /// assert_eq!(stats.closed_for(CloseReason::HeaderReadTimeout), 0);
     /// ```
-    pub fn stats(&self) -> crate::Stats {
+    pub fn stats(&self) -> super::stats::Stats {
         let mut stats = self.signal.metrics.snapshot();
         if let Some((workers, handlers, queued)) = self.signal.pool.get().and_then(|p| p.gauges()) {
             stats.workers = workers;
@@ -99,7 +99,7 @@ impl ServerHandle {
     /// on by a reload.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn reload_tls(&self, tls: crate::TlsConfig) -> std::io::Result<()> {
+    pub fn reload_tls(&self, tls: crate::tls::TlsConfig) -> std::io::Result<()> {
         if !self.tls.is_set() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -138,7 +138,7 @@ pub(crate) struct Signal {
     /// the drain (its connection task cannot be polled until it returns).
     sockets: Mutex<HashMap<u64, RawFd>>,
     /// What `ServerHandle::stats` reports.
-    pub(crate) metrics: Arc<crate::stats::Metrics>,
+    pub(crate) metrics: Arc<crate::server::stats::Metrics>,
     /// The pool's counts, once `serve` has started.
     pub(crate) pool: OnceLock<crate::runtime::pool::PoolRef>,
 }

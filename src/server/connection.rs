@@ -9,12 +9,14 @@ use std::time::Instant;
 
 use hyper::server::conn::http1;
 
-use crate::net::Conn;
+#[cfg(feature = "http2")]
+use crate::io::rewind::Rewind;
+use crate::io::stream::Conn;
 use crate::runtime::timer::{Sleep, Timer};
-use crate::service::HyperService;
-use crate::shutdown::ConnectionGuard;
-use crate::stats::{CloseReason, Open, OpenGuard};
-use crate::timeouts::{Activity, Timeouts};
+use crate::server::service::HyperService;
+use crate::server::shutdown::ConnectionGuard;
+use crate::server::stats::{CloseReason, Open, OpenGuard};
+use crate::server::timeouts::{Activity, Timeouts};
 
 /// Which protocols a connection may speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +37,7 @@ pub(crate) struct Protocols {
     pub(crate) http2: hyper::server::conn::http2::Builder<crate::runtime::Executor>,
     pub(crate) timeouts: Timeouts,
     pub(crate) timer: Timer,
-    pub(crate) upgrades: Arc<crate::upgrade::UpgradeContext>,
+    pub(crate) upgrades: Arc<crate::server::upgrade::UpgradeContext>,
     pub(crate) access_log: bool,
 }
 
@@ -77,10 +79,7 @@ pub(crate) async fn serve(
         #[cfg(not(feature = "http2"))]
         Mode::Auto => watch.run(serve_http1(&protocols, conn, service)).await,
         #[cfg(feature = "http2")]
-        Mode::Auto => match watch
-            .run(Prelude(Box::pin(crate::detect::detect_http2(conn))))
-            .await
-        {
+        Mode::Auto => match watch.run(Prelude(Box::pin(detect_http2(conn)))).await {
             Ended::Done(Ok((true, conn))) => {
                 serve_http2(&mut watch, &protocols, conn, service).await
             }
@@ -394,4 +393,36 @@ impl Watch {
             self.sleep = None;
         }
     }
+}
+
+/// The first bytes of every HTTP/2 prior-knowledge connection.
+#[cfg(feature = "http2")]
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the bytes seen so far either match the HTTP/2 preface in full or
+/// stop matching it, then hands back the connection with those bytes put back.
+#[cfg(feature = "http2")]
+async fn detect_http2(mut conn: Conn) -> std::io::Result<(bool, Rewind<Conn>)> {
+    use hyper::rt::Read as _;
+
+    let mut seen = [0u8; PREFACE.len()];
+    let mut len = 0;
+    while len < PREFACE.len() && seen[..len] == PREFACE[..len] {
+        let n = std::future::poll_fn(|cx| {
+            let mut buf = hyper::rt::ReadBuf::new(&mut seen[len..]);
+            match Pin::new(&mut conn).poll_read(cx, buf.unfilled()) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+    }
+    let is_http2 = seen[..len] == *PREFACE;
+    let prefix = bytes::Bytes::copy_from_slice(&seen[..len]);
+    Ok((is_http2, Rewind::new(prefix, conn)))
 }

@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 
 use hyper::rt::ReadBufCursor;
 
-use crate::sync_io::SyncIo;
+use crate::io::sync_io::SyncIo;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -1,5 +1,13 @@
 //! The `Server` builder, its options, and the accept loop.
 
+pub(crate) mod activation;
+pub(crate) mod connection;
+pub(crate) mod service;
+pub(crate) mod shutdown;
+pub(crate) mod stats;
+pub(crate) mod timeouts;
+pub(crate) mod upgrade;
+
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -10,17 +18,19 @@ use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 
-use crate::conn::{self, Mode, Protocols};
-use crate::listener::Listener;
-use crate::net::{Conn, Stream};
+use crate::io::listener::Listener;
+use crate::io::stream::{Conn, Stream};
 use crate::runtime::pool::PoolConfig;
 use crate::runtime::reactor::Reactor;
 use crate::runtime::timer::Timer;
 use crate::runtime::Pool;
-use crate::service::{ByClone, ByRef, ConnectionInfo, HyperService, Service, SharedService};
-use crate::shutdown::{ServerHandle, Signal};
-use crate::timeouts::Timeouts;
-use crate::upgrade::UpgradeContext;
+use crate::server::service::{
+    ByClone, ByRef, ConnectionInfo, HyperService, Service, SharedService,
+};
+use crate::server::shutdown::{ServerHandle, Signal};
+use crate::server::timeouts::Timeouts;
+use crate::server::upgrade::UpgradeContext;
+use connection::{Mode, Protocols};
 
 /// The default cap on worker threads, tokio's for its blocking pool: handlers
 /// block, so threads, not cores, bound how many requests are served at once
@@ -950,7 +960,7 @@ impl Server {
     /// [`ServerHandle::reload_tls`].
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls(self, tls: crate::TlsConfig) -> Self {
+    pub fn tls(self, tls: crate::tls::TlsConfig) -> Self {
         self.tls.set(tls);
         self
     }
@@ -1074,7 +1084,10 @@ fn start_connection(
     let info = match &stream {
         Stream::Tcp(tcp) => {
             if let Err(err) = tcp.set_nodelay(true) {
-                log::debug!("could not set TCP_NODELAY for {}: {err}", conn::Peer(peer));
+                log::debug!(
+                    "could not set TCP_NODELAY for {}: {err}",
+                    connection::Peer(peer)
+                );
             }
             ConnectionInfo {
                 peer_addr: peer,
@@ -1082,7 +1095,7 @@ fn start_connection(
                 local_addr: match tcp.local_addr() {
                     Ok(addr) => Some(addr),
                     Err(err) => {
-                        log::debug!("no local address for {}: {err}", conn::Peer(peer));
+                        log::debug!("no local address for {}: {err}", connection::Peer(peer));
                         None
                     }
                 },
@@ -1091,7 +1104,7 @@ fn start_connection(
         }
         Stream::Unix(unix) => ConnectionInfo {
             unix: true,
-            peer_credentials: match crate::net::peer_credentials(unix) {
+            peer_credentials: match crate::io::credentials::peer_credentials(unix) {
                 Ok(credentials) => Some(credentials),
                 Err(err) => {
                     log::debug!("no credentials for a Unix socket client: {err}");
@@ -1106,7 +1119,7 @@ fn start_connection(
         Err(err) => {
             log::error!(
                 "could not register the connection from {}: {err}",
-                conn::Peer(peer)
+                connection::Peer(peer)
             );
             return;
         }
@@ -1123,7 +1136,7 @@ fn start_connection(
     let guard = signal.connection();
     #[cfg(feature = "tls")]
     if let Some(config) = tls {
-        pool.spawn(conn::serve_tls(
+        pool.spawn(connection::serve_tls(
             conn,
             protocols.clone(),
             service,
@@ -1132,7 +1145,7 @@ fn start_connection(
         ));
         return;
     }
-    pool.spawn(conn::serve(conn, protocols.clone(), service, guard));
+    pool.spawn(connection::serve(conn, protocols.clone(), service, guard));
 }
 
 /// Errors that concern only the connection being accepted.

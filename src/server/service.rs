@@ -9,9 +9,10 @@ use std::task::{ready, Context, Poll};
 use http::{Method, StatusCode, Uri};
 
 use crate::body::{Body, Request, Response};
+use crate::io::credentials::PeerCredentials;
 use crate::runtime::pool::{Pool, UserCall};
-use crate::timeouts::{Activity, InFlight};
-use crate::upgrade::UpgradeContext;
+use crate::server::timeouts::{Activity, InFlight};
+use crate::server::upgrade::UpgradeContext;
 
 /// Information about the connection a request arrived on.
 #[derive(Clone, Debug, Default)]
@@ -140,39 +141,6 @@ impl ConnectionInfo {
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(&self) -> Option<&crate::tls::TlsInfo> {
         self.tls.as_deref()
-    }
-}
-
-/// The process at the other end of a Unix domain socket, from
-/// [`ConnectionInfo::peer_credentials`].
-///
-/// The kernel records these when the client calls `connect(2)`: they describe
-/// who connected, even if that process has since changed its user or passed
-/// the socket on. They cannot be forged by the client, so a handler may use
-/// them to authorize, as PostgreSQL's `peer` authentication does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerCredentials {
-    pub(crate) pid: Option<u32>,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-}
-
-impl PeerCredentials {
-    /// The client's process id, as this process sees it. `None` if the client
-    /// runs in a PID namespace invisible from ours (a container), where the
-    /// kernel reports no pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-
-    /// The client's effective user id, mapped into our user namespace.
-    pub fn uid(&self) -> u32 {
-        self.uid
-    }
-
-    /// The client's effective group id, mapped into our user namespace.
-    pub fn gid(&self) -> u32 {
-        self.gid
     }
 }
 
@@ -324,7 +292,9 @@ impl HyperService {
     /// close the idle connection; a queued handler's connection is told by
     /// `conn::Watch` and hyper adds the header itself.
     fn close_if_shutting_down(&self, response: &mut Response) {
-        if self.upgrades.signal.is_requested() && !crate::upgrade::has_continuation(response) {
+        if self.upgrades.signal.is_requested()
+            && !crate::server::upgrade::has_continuation(response)
+        {
             response.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
@@ -352,7 +322,7 @@ impl Drop for AccessRecord {
     /// Logged when the response has been handed over in full, or dropped
     /// (the client went away): the duration covers the whole response.
     fn drop(&mut self) {
-        let peer = crate::conn::Peer(self.peer);
+        let peer = crate::server::connection::Peer(self.peer);
         log::info!(
             target: ACCESS_LOG_TARGET,
             "{peer} \"{} {} {:?}\" {} {} {:.3}ms",

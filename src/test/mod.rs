@@ -36,9 +36,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::body::{Body, Request, Response};
-use crate::service::{ConnectionInfo, Service};
-use crate::upgrade::InMemoryUpgrade;
-use crate::{Server, ServerHandle};
+use crate::server::service::{ConnectionInfo, Service};
+use crate::server::shutdown::ServerHandle;
+use crate::server::upgrade::InMemoryUpgrade;
+use crate::server::Server;
 
 /// A request to call a [`Service`] with, on the calling thread, filled in as
 /// a real connection would: HTTP/1.1, a `Host` header (`localhost` unless
@@ -128,7 +129,7 @@ impl TestRequest {
     /// Makes the request arrive over TLS: the handler sees `info` in
     /// [`ConnectionInfo::tls`] (build it with [`TlsInfo::new`](crate::TlsInfo::new)).
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, info: crate::TlsInfo) -> TestRequest {
+    pub fn tls(mut self, info: crate::tls::TlsInfo) -> TestRequest {
         self.info.tls = Some(Arc::new(info));
         self
     }
@@ -216,16 +217,16 @@ impl TestRequest {
             .get(header::SEC_WEBSOCKET_KEY)
             .map(|key| key.as_bytes().to_vec());
         let (client, server) = duplex();
-        let server: crate::upgrade::Io = Box::new(server);
+        let server: crate::server::upgrade::Io = Box::new(server);
         request
             .extensions_mut()
             .insert(InMemoryUpgrade(Arc::new(Mutex::new(Some(server)))));
         let mut response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
             Ok(response) => response,
-            Err(panic) => crate::service::panic_response(&*panic, &method, &uri),
+            Err(panic) => crate::server::service::panic_response(&*panic, &method, &uri),
         };
         // Only a handler that upgrades needs the runtime: start it then.
-        let upgraded = crate::upgrade::has_continuation(&response) && {
+        let upgraded = crate::server::upgrade::has_continuation(&response) && {
             let upgrades = crate::server::in_memory_upgrades()
                 .unwrap_or_else(|err| panic!("TestRequest: cannot start upgrades: {err}"));
             upgrades.prepare(&mut response)

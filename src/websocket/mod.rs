@@ -37,6 +37,8 @@
 //! [`ping_interval`]: WebSocketUpgrade::ping_interval
 //! [`idle_timeout`]: WebSocketUpgrade::idle_timeout
 
+mod trim;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -55,10 +57,10 @@ use tungstenite::{Error as WsError, WebSocket};
 
 use crate::body::{Body, Request, Response};
 use crate::error::Timeout;
+use crate::io::sync_io::SyncIo;
 use crate::runtime::pool::UserCall;
 use crate::runtime::timer::{Sleep, Timer};
-use crate::sync_io::SyncIo;
-use crate::upgrade::{header_has_token, Continuation, Io, Upgrade, UpgradeParts, Upgraded};
+use crate::server::upgrade::{header_has_token, Continuation, Io, Upgrade, UpgradeParts, Upgraded};
 
 pub use tungstenite;
 pub use tungstenite::protocol::frame::coding::CloseCode;
@@ -393,7 +395,7 @@ impl WebSocketUpgrade {
         };
         let settings = self.settings;
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        let task = move |io: Io, parts: UpgradeParts| -> crate::upgrade::BoxFuture {
+        let task = move |io: Io, parts: UpgradeParts| -> crate::server::upgrade::BoxFuture {
             Box::pin(Socket::new(io, parts, config, settings, handler))
         };
         self.upgrade
@@ -842,7 +844,7 @@ impl Socket {
     /// the handler sent for them is on the wire.
     fn fail(&mut self, code: CloseCode, why: &str) {
         log::debug!("closing a WebSocket: {why}");
-        self.parts.ended(crate::stats::CloseReason::Error);
+        self.parts.ended(crate::server::stats::CloseReason::Error);
         if self.failure.is_none() {
             self.failure = Some((code, why.to_owned(), Instant::now() + CLOSE_GRACE));
         }
@@ -946,7 +948,8 @@ impl Socket {
                     }
                     Err(err) => {
                         log::debug!("writing to a WebSocket failed: {err}");
-                        self.parts.ended(crate::stats::CloseReason::ClientGone);
+                        self.parts
+                            .ended(crate::server::stats::CloseReason::ClientGone);
                         self.flushed = true;
                         self.phase = Phase::Done;
                         return true;
@@ -984,7 +987,8 @@ impl Socket {
                 }
                 Err(err) => {
                     log::debug!("writing to a WebSocket failed: {err}");
-                    self.parts.ended(crate::stats::CloseReason::ClientGone);
+                    self.parts
+                        .ended(crate::server::stats::CloseReason::ClientGone);
                     self.phase = Phase::Done;
                 }
             }
@@ -1047,7 +1051,8 @@ impl Socket {
                 Err(WsError::Protocol(
                     tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
                 )) => {
-                    self.parts.ended(crate::stats::CloseReason::ClientGone);
+                    self.parts
+                        .ended(crate::server::stats::CloseReason::ClientGone);
                     self.mark_closed();
                     self.phase = Phase::Done;
                     return true;
@@ -1058,7 +1063,8 @@ impl Socket {
                 }
                 Err(err) => {
                     log::debug!("reading a WebSocket failed: {err}");
-                    self.parts.ended(crate::stats::CloseReason::ClientGone);
+                    self.parts
+                        .ended(crate::server::stats::CloseReason::ClientGone);
                     self.mark_closed();
                     self.phase = Phase::Done;
                     return true;
@@ -1123,7 +1129,8 @@ impl Socket {
         match self.phase {
             Phase::Closing(at) | Phase::Failing(at) if now >= at => {
                 // Our close frame got no answer in time.
-                self.parts.ended(crate::stats::CloseReason::ClientGone);
+                self.parts
+                    .ended(crate::server::stats::CloseReason::ClientGone);
                 self.mark_closed();
                 self.phase = Phase::Done;
             }
@@ -1131,7 +1138,7 @@ impl Socket {
                 if let Some(idle) = self.settings.idle_timeout {
                     if now >= self.last_heard + idle {
                         self.parts
-                            .ended(crate::stats::CloseReason::KeepAliveTimeout);
+                            .ended(crate::server::stats::CloseReason::KeepAliveTimeout);
                         log::debug!("closing a WebSocket: {}", Timeout::WebSocketIdle);
                         // The close frame's reason stays the short wire text.
                         self.close(CloseCode::Normal, "idle timeout");
@@ -1145,7 +1152,8 @@ impl Socket {
                             Ok(()) => {}
                             Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {}
                             Err(_) => {
-                                self.parts.ended(crate::stats::CloseReason::ClientGone);
+                                self.parts
+                                    .ended(crate::server::stats::CloseReason::ClientGone);
                                 self.phase = Phase::Done;
                             }
                         }
@@ -1174,7 +1182,8 @@ impl Future for Socket {
         }
         if signal.is_requested() && !this.shutdown_sent {
             this.shutdown_sent = true;
-            this.parts.ended(crate::stats::CloseReason::Shutdown);
+            this.parts
+                .ended(crate::server::stats::CloseReason::Shutdown);
             // After what is already queued, like a sender's close.
             this.sender.close(CloseCode::Away, "server shutting down");
         }
@@ -1213,7 +1222,7 @@ impl Future for Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         self.mark_closed();
-        crate::trim::released(self.largest.0 + self.largest.1);
+        trim::released(self.largest.0 + self.largest.1);
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Timeout;
-use crate::stats::CloseReason;
+use crate::server::stats::CloseReason;
 
 /// The connection timeouts of one server; `None` turns one off.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +55,7 @@ pub(crate) struct Activity {
     /// Since when writes have been blocked.
     write_blocked: AtomicU64,
     /// The server's counters (requests in flight).
-    metrics: Arc<crate::stats::Metrics>,
+    metrics: Arc<crate::server::stats::Metrics>,
     /// The client closed or reset the connection with a request unfinished.
     client_gone: std::sync::atomic::AtomicBool,
     /// The connection speaks HTTP/2: bytes between requests are frames of
@@ -66,7 +66,7 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    pub(crate) fn new(metrics: Arc<crate::stats::Metrics>) -> Arc<Activity> {
+    pub(crate) fn new(metrics: Arc<crate::server::stats::Metrics>) -> Arc<Activity> {
         Arc::new(Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),

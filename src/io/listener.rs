@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use crate::net::Stream;
+use crate::io::stream::Stream;
 
 /// A bound, listening socket, before `serve` starts.
 #[derive(Debug)]

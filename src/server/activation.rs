@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::Server;
+use super::Server;
 
 /// The first descriptor the service manager passes (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;

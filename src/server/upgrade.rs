@@ -23,8 +23,8 @@ use crate::body::{Body, Request, Response};
 use crate::error::{Timeout, TimeoutError};
 use crate::runtime::park::block_on_timeout;
 use crate::runtime::Pool;
-use crate::shutdown::{ConnectionGuard, Signal};
-use crate::stats::CloseReason;
+use crate::server::shutdown::{ConnectionGuard, Signal};
+use crate::server::stats::CloseReason;
 
 /// A request's pending protocol switch, taken out of the request with
 /// [`Upgrade::from_request`].
@@ -202,7 +202,7 @@ pub(crate) struct UpgradeParts {
     pub(crate) guard: ConnectionGuard,
     pub(crate) context: Arc<UpgradeContext>,
     /// Counts the connection as upgraded in the server's stats.
-    _open: crate::stats::OpenGuard,
+    _open: crate::server::stats::OpenGuard,
     /// Whether the stream's end is a connection's end, counted in the
     /// server's stats by its reason when these parts are dropped (the
     /// HTTP/1 connection handed over is not counted as closed then).
@@ -324,7 +324,10 @@ impl UpgradeContext {
         let parts = UpgradeParts {
             guard: self.signal.connection(),
             context: self.clone(),
-            _open: self.signal.metrics.open(crate::stats::Open::Upgraded),
+            _open: self
+                .signal
+                .metrics
+                .open(crate::server::stats::Open::Upgraded),
             counts_close: takes_connection,
             reason: None,
         };
