@@ -310,3 +310,37 @@ fn last_response_at_shutdown_says_connection_close_with_or_without_a_body() {
     }
     join_within(serving, Duration::from_secs(5), "serve").unwrap();
 }
+
+/// A blocking upgrade whose thread neither reads nor writes (it sleeps)
+/// never polls its socket: the shutdown timeout still ends the connection
+/// for the client at once, through the socket the reactor holds, while the
+/// thread still owns it.
+#[test]
+fn a_blocked_upgrade_that_never_polls_is_closed_at_the_shutdown_timeout() {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let entered_tx = std::sync::Mutex::new(entered_tx);
+    let server = server().shutdown_timeout(Duration::from_millis(300));
+    let (addr, handle, serving) = start_stoppable(server, move |mut request, _info| {
+        let upgrade = astra::Upgrade::from_request(&mut request).expect("an upgrade");
+        let entered_tx = entered_tx.lock().unwrap().clone();
+        upgrade.respond(switching("idle"), move |stream| {
+            let _ = entered_tx.send(());
+            thread::sleep(Duration::from_secs(3));
+            drop(stream);
+        })
+    });
+    let mut conn = RawConn::open(addr);
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: idle\r\n\r\n");
+    assert_eq!(conn.read_head().unwrap().1, 101);
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    handle.shutdown();
+    let rest = conn.read_to_close().expect("closed by the server");
+    assert!(rest.is_empty(), "{rest:?}");
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(2),
+        "closed after {closed_after:?}, not at the shutdown timeout"
+    );
+    join_within(serving, Duration::from_secs(10), "serve").unwrap();
+}

@@ -9,9 +9,9 @@ use std::task::{ready, Context, Poll};
 
 use hyper::rt::ReadBufCursor;
 
-use crate::runtime::reactor::{ScheduledIo, READABLE, WRITABLE};
+use crate::runtime::reactor::{Closable, ScheduledIo, READABLE, WRITABLE};
 use crate::runtime::Pool;
-use crate::server::shutdown::{Signal, TrackedSocket};
+use crate::server::shutdown::Signal;
 use crate::server::timeouts::Activity;
 
 /// An accepted stream socket, TCP or Unix: both are read, written and shut
@@ -89,9 +89,9 @@ impl mio::event::Source for Stream {
 /// An accepted connection, registered with the pool's reactor for its whole
 /// life (one registration, deregistered on drop).
 pub(crate) struct Conn {
-    /// Declared before `stream`: dropped before the socket closes.
-    _tracked: TrackedSocket,
-    stream: Stream,
+    /// Shared with the reactor's registration, so that a forced shutdown
+    /// can end the connection while this owner holds it.
+    stream: Arc<Stream>,
     io: Arc<ScheduledIo>,
     token: usize,
     pool: Pool,
@@ -99,14 +99,10 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn register(
-        mut stream: Stream,
-        pool: &Pool,
-        signal: &Arc<Signal>,
-    ) -> io::Result<Conn> {
-        let (token, io) = pool.reactor().register(&mut stream)?;
+    pub(crate) fn register(stream: Stream, pool: &Pool, signal: &Arc<Signal>) -> io::Result<Conn> {
+        let stream = Arc::new(stream);
+        let (token, io) = pool.reactor().register_closable(&stream, signal.group())?;
         Ok(Conn {
-            _tracked: signal.track_socket(stream.as_raw_fd()),
             stream,
             io,
             token,
@@ -243,6 +239,15 @@ impl hyper::rt::Write for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.pool.reactor().deregister(&mut self.stream, self.token);
+        self.pool
+            .reactor()
+            .deregister_closable(&*self.stream, self.token);
+    }
+}
+
+impl Closable for Stream {
+    fn shut_down(&self) {
+        // The owner sees the end at its next read or write.
+        let _ = self.shutdown(Shutdown::Both);
     }
 }

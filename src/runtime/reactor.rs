@@ -5,10 +5,13 @@
 //! a request can be read, handled and answered on one thread with no hand-off.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use mio::event::Source;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Registry, Token};
 
 use super::sync::{self, Arc, AtomicU64, Mutex, MutexGuard, Ordering};
@@ -150,6 +153,16 @@ struct Slab {
 struct Entry {
     generation: usize,
     io: Option<Arc<ScheduledIo>>,
+    /// For a socket that a group's forced close must reach: the group, and
+    /// the socket itself, shared with its owner (see [`Reactor::close_group`]).
+    closable: Option<(u64, Weak<dyn Closable>)>,
+}
+
+/// A registered socket that can be shut down from another thread, while its
+/// owner still holds it: the connection ends for the peer at once, and the
+/// owner's next read or write fails.
+pub(crate) trait Closable: Send + Sync {
+    fn shut_down(&self);
 }
 
 /// Bits of a token that hold the slot's index; the generation has the rest.
@@ -246,6 +259,7 @@ impl Reactor {
                     slab.entries.push(Entry {
                         generation: 0,
                         io: Some(io.clone()),
+                        closable: None,
                     });
                     slab.entries.len() - 1
                 }
@@ -258,6 +272,52 @@ impl Reactor {
             return Err(err);
         }
         Ok((token, io))
+    }
+
+    /// Registers `socket` as [`Reactor::register`] does, and as one of
+    /// `group`'s, which [`Reactor::close_group`] shuts down.
+    pub(crate) fn register_closable<S>(
+        &self,
+        socket: &Arc<S>,
+        group: u64,
+    ) -> io::Result<(usize, Arc<ScheduledIo>)>
+    where
+        S: Closable + AsRawFd + 'static,
+    {
+        let fd = socket.as_raw_fd();
+        let (token, io) = self.register(&mut SourceFd(&fd))?;
+        let weak: Weak<dyn Closable> = Arc::downgrade(socket) as Weak<dyn Closable>;
+        let mut slab = self.lock_sources();
+        if slab.get(token).is_some() {
+            slab.entries[token & INDEX_MASK].closable = Some((group, weak));
+        }
+        Ok((token, io))
+    }
+
+    /// Ends [`Reactor::register_closable`]'s registration; call it while
+    /// the socket is still open.
+    pub(crate) fn deregister_closable(&self, socket: &impl AsRawFd, token: usize) {
+        let fd = socket.as_raw_fd();
+        self.deregister(&mut SourceFd(&fd), token);
+    }
+
+    /// Shuts down every socket of `group` still registered: the forced end
+    /// of a graceful shutdown. Each is reached through its registration, the
+    /// socket shared with its owner, never through a descriptor number that
+    /// a closed socket may have handed on.
+    pub(crate) fn close_group(&self, group: u64) {
+        let sockets: Vec<Arc<dyn Closable>> = self
+            .lock_sources()
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.closable {
+                Some((of, socket)) if *of == group => socket.upgrade(),
+                _ => None,
+            })
+            .collect();
+        for socket in sockets {
+            socket.shut_down();
+        }
     }
 
     pub(crate) fn deregister(&self, source: &mut impl Source, token: usize) {
@@ -275,6 +335,7 @@ impl Reactor {
         let index = token & INDEX_MASK;
         let entry = &mut slab.entries[index];
         entry.io = None;
+        entry.closable = None;
         entry.generation = entry.generation.wrapping_add(1);
         slab.free.push(index);
     }

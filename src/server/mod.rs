@@ -1,5 +1,6 @@
 //! The `Server` builder, its options, and the accept loop.
 
+pub(crate) mod accept;
 pub(crate) mod activation;
 pub(crate) mod connection;
 pub(crate) mod service;
@@ -60,10 +61,6 @@ const DEFAULT_H2_MAX_STREAMS: usize = 200;
 /// connection stay under this.
 #[cfg(feature = "http2")]
 const MAX_DEFAULT_H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// First pause after an accept error that a retry will not fix at once.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// Longest pause between accept retries while the error persists.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long connections closed by the shutdown timeout get to go away.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// "No limit", where hyper takes only a `Duration`: about 136
@@ -71,8 +68,6 @@ const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// `Instant` cannot overflow.
 #[cfg(feature = "http2")]
 const NO_LIMIT: Duration = Duration::from_secs(u32::MAX as u64);
-const LISTENER: mio::Token = mio::Token(0);
-const WAKER: mio::Token = mio::Token(1);
 
 /// An HTTP server: bind it, set options, then [`serve`](Server::serve) a handler.
 ///
@@ -445,78 +440,33 @@ impl Server {
             Mode::Http2Only => vec![b"h2"],
             Mode::Auto => crate::tls::default_alpn(true),
         });
-        let mut listener = self.listener.into_accepting()?;
-        let mut poll = mio::Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, mio::Interest::READABLE)?;
-        signal.set_accept_waker(mio::Waker::new(poll.registry(), WAKER)?);
-        let mut events = mio::Events::with_capacity(8);
-        let mut backoff = ACCEPT_BACKOFF_MIN;
-        let mut limit = self
-            .config
-            .max_connections
-            .unwrap_or_else(descriptor_budget);
-        while !signal.is_requested() {
-            if signal.live() >= limit {
-                if self.config.max_connections.is_none() {
-                    // The descriptor limit may have been raised since.
-                    limit = descriptor_budget();
-                    if signal.live() < limit {
-                        continue;
-                    }
-                }
-                // Leave new clients in the kernel's backlog until one closes.
-                signal.set_accept_waiting(true);
-                if signal.live() >= limit && !signal.is_requested() {
-                    wait(&mut poll, &mut events, None);
-                }
-                signal.set_accept_waiting(false);
-                continue;
-            }
-            // Accept until the backlog is empty: the listener is edge-triggered.
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    start_connection(
-                        stream,
-                        peer,
-                        &pool,
-                        &protocols,
-                        &service,
-                        &signal,
-                        #[cfg(feature = "tls")]
-                        self.tls.current(),
-                    );
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    wait(&mut poll, &mut events, None);
-                }
-                Err(err) if is_connection_error(&err) => {
-                    // That one connection failed; the next may be fine.
-                    log::debug!("accepting a connection failed: {err}");
-                }
-                Err(err) => {
-                    // Out of descriptors or memory: retrying at once would spin.
-                    log::error!("accepting connections failed: {err}; retrying in {backoff:?}");
-                    wait(&mut poll, &mut events, Some(backoff));
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-            }
-        }
+        let listening = accept::Listening::register(self.listener.into_accepting()?, &pool)?;
+        let max_connections = self.config.max_connections;
+        pool.block_on(accept::accept_until_shutdown(
+            &listening,
+            &signal,
+            &pool,
+            || max_connections.unwrap_or_else(descriptor_budget),
+            |stream, peer| {
+                start_connection(
+                    stream,
+                    peer,
+                    &pool,
+                    &protocols,
+                    &service,
+                    &signal,
+                    #[cfg(feature = "tls")]
+                    self.tls.current(),
+                )
+            },
+        ));
         // Refuse new connections from here on (and remove the Unix socket file
         // `bind_unix` made), then drain the live ones.
-        drop(listener);
+        drop(listening);
         let timeout = self.config.shutdown_timeout;
         // No deadline (no timeout, or one past the clock's range): wait for ever.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        while signal.live() > 0 {
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining == Some(Duration::ZERO) {
-                break;
-            }
-            wait(&mut poll, &mut events, remaining);
-        }
-        if signal.live() > 0 {
+        if !pool.block_on(accept::until_closed(&signal, &pool, deadline)) {
             log::warn!(
                 "shutdown timeout: closing {} connections still open after {:?}",
                 signal.live(),
@@ -524,9 +474,7 @@ impl Server {
             );
             signal.force();
             let deadline = Instant::now() + FORCED_CLOSE_GRACE;
-            while signal.live() > 0 && Instant::now() < deadline {
-                wait(&mut poll, &mut events, Some(deadline - Instant::now()));
-            }
+            pool.block_on(accept::until_closed(&signal, &pool, Some(deadline)));
         }
         // Connections are closed; let the workers finish what they run. Only
         // handlers that outlived the drain (their connections were closed
@@ -1146,42 +1094,6 @@ fn start_connection(
         return;
     }
     pool.spawn(connection::serve(conn, protocols.clone(), service, guard));
-}
-
-/// Errors that concern only the connection being accepted.
-fn is_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::PermissionDenied
-    ) || matches!(err.raw_os_error(), Some(libc::EPROTO) | Some(libc::EPERM))
-}
-
-/// Waits for the listener or the waker, up to `timeout` (`None`: no limit). A
-/// wake-up from the waker (shutdown, a connection closing) ends the wait early;
-/// listener events do not when a timeout is given, so a back-off is not cut
-/// short by a flood of new clients.
-fn wait(poll: &mut mio::Poll, events: &mut mio::Events, timeout: Option<Duration>) {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if let Err(err) = poll.poll(events, remaining) {
-            if err.kind() != io::ErrorKind::Interrupted {
-                log::error!("waiting for new connections failed: {err}");
-                std::thread::sleep(ACCEPT_BACKOFF_MIN);
-            }
-            return;
-        }
-        let woken = events.iter().any(|e| e.token() == WAKER);
-        match deadline {
-            None => return,
-            Some(_) if woken => return,
-            Some(d) if Instant::now() >= d => return,
-            Some(_) => {}
-        }
-    }
 }
 
 /// The default connection limit: three quarters of the descriptor limit.

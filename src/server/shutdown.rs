@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
@@ -120,6 +119,16 @@ impl fmt::Debug for ServerHandle {
     }
 }
 
+/// A group of sockets in the reactor's registry: one per server.
+struct Group(u64);
+
+impl Default for Group {
+    fn default() -> Group {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Group(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// Shared by the accept loop, every connection and every handle.
 #[derive(Default)]
 pub(crate) struct Signal {
@@ -127,16 +136,17 @@ pub(crate) struct Signal {
     /// The drain ran out of time: connections close now, mid-request or not.
     forced: AtomicBool,
     /// Wakes the accept loop (set once `serve` has started).
-    accept_waker: OnceLock<mio::Waker>,
+    /// The accept loop's (or the drain's) waker.
+    accept_waker: Mutex<Option<Waker>>,
     /// Set while the accept loop waits for a connection to close.
     accept_waiting: AtomicBool,
     live: AtomicUsize,
     next_id: AtomicU64,
     /// The task waker of every live connection, to wake them all at shutdown.
     connections: Mutex<HashMap<u64, Waker>>,
-    /// Every open connection socket, to close under a handler that outlives
-    /// the drain (its connection task cannot be polled until it returns).
-    sockets: Mutex<HashMap<u64, RawFd>>,
+    /// This server's connections in the reactor's registry, where a forced
+    /// close finds their sockets (see `force`).
+    group: Group,
     /// What `ServerHandle::stats` reports.
     pub(crate) metrics: Arc<crate::server::stats::Metrics>,
     /// The pool's counts, once `serve` has started.
@@ -155,24 +165,18 @@ impl Signal {
     pub(crate) fn force(&self) {
         self.forced.store(true, Ordering::SeqCst);
         self.wake_connections();
-        for &fd in self.lock_sockets().values() {
-            // SAFETY: shutdown(2) only changes the connection's state, and `fd`
-            // is open: a `TrackedSocket` removes its entry, under this lock,
-            // before its owner closes the descriptor, so the number cannot have
-            // been reused by another file meanwhile. The owner still closes it.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        // Shut down the sockets of connections whose owners do not poll
+        // them (a blocking upgrade's thread, say): through the reactor's
+        // registrations, which share each socket with its owner.
+        if let Some(pool) = self.pool.get().and_then(|pool| pool.upgrade()) {
+            pool.reactor().close_group(self.group.0);
         }
     }
 
-    /// Records an open socket until the returned value is dropped, which must
-    /// happen before `fd` is closed.
-    pub(crate) fn track_socket(self: &Arc<Self>, fd: RawFd) -> TrackedSocket {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock_sockets().insert(id, fd);
-        TrackedSocket {
-            signal: self.clone(),
-            id,
-        }
+    /// The group this server's connections are registered in with the
+    /// reactor ([`Reactor::close_group`](crate::runtime::reactor::Reactor::close_group)).
+    pub(crate) fn group(&self) -> u64 {
+        self.group.0
     }
 
     pub(crate) fn is_requested(&self) -> bool {
@@ -187,8 +191,14 @@ impl Signal {
         self.live.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn set_accept_waker(&self, waker: mio::Waker) {
-        let _ = self.accept_waker.set(waker);
+    /// Makes `waker` the one a shutdown request, or a connection closing
+    /// while the loop waits for one, wakes.
+    pub(crate) fn watch_accept(&self, waker: &Waker) {
+        let mut slot = self.accept_waker.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *slot {
+            Some(current) if current.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
     }
 
     pub(crate) fn set_accept_waiting(&self, waiting: bool) {
@@ -196,10 +206,13 @@ impl Signal {
     }
 
     fn wake_accept_loop(&self) {
-        if let Some(waker) = self.accept_waker.get() {
-            if let Err(err) = waker.wake() {
-                log::error!("could not wake the accept loop: {err}");
-            }
+        let waker = self
+            .accept_waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -214,10 +227,6 @@ impl Signal {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_sockets(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
-        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Counts a new connection; the guard uncounts it.
     pub(crate) fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
@@ -226,18 +235,6 @@ impl Signal {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             waker: None,
         }
-    }
-}
-
-/// An open socket that the shutdown timeout closes (see [`Signal::force`]).
-pub(crate) struct TrackedSocket {
-    signal: Arc<Signal>,
-    id: u64,
-}
-
-impl Drop for TrackedSocket {
-    fn drop(&mut self) {
-        self.signal.lock_sockets().remove(&self.id);
     }
 }
 

@@ -100,6 +100,11 @@ pub(crate) struct PoolRef(std::sync::Weak<Shared>);
 
 #[cfg(not(astra_loom))]
 impl PoolRef {
+    /// The pool, while it exists.
+    pub(crate) fn upgrade(&self) -> Option<Pool> {
+        self.0.upgrade().map(Pool)
+    }
+
     /// Live workers, threads inside user code, and queued work; `None` once
     /// the pool is gone.
     pub(crate) fn gauges(&self) -> Option<(usize, usize, usize)> {
