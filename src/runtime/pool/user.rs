@@ -1,0 +1,132 @@
+//! Where user code enters the pool: a handler's call, a response body's
+//! read, a body polled by a waiting handler; counted as inside user code
+//! while it runs.
+
+use super::*;
+
+/// What `Pool::call_user` resolves to: the user code's result, or its panic.
+pub(crate) enum UserCall<T> {
+    /// Ran inline; `None` once taken.
+    Ready(Option<std::thread::Result<T>>),
+    /// Runs as a job and leaves its result here.
+    Queued(Arc<Mutex<CallSlot<T>>>),
+}
+
+pub(crate) struct CallSlot<T> {
+    pub(super) output: Option<std::thread::Result<T>>,
+    pub(super) waker: Option<Waker>,
+}
+
+impl<T> Default for CallSlot<T> {
+    fn default() -> Self {
+        CallSlot {
+            output: None,
+            waker: None,
+        }
+    }
+}
+
+impl<T> Future for UserCall<T> {
+    type Output = std::thread::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        // Neither variant is structurally pinned.
+        let this = Pin::into_inner(self);
+        match this {
+            UserCall::Ready(output) => match output.take() {
+                Some(output) => Poll::Ready(output),
+                None => Poll::Pending,
+            },
+            UserCall::Queued(slot) => {
+                let mut slot = sync::lock(slot);
+                if let Some(output) = slot.output.take() {
+                    return Poll::Ready(output);
+                }
+                match &mut slot.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    waker => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Unpin for UserCall<T> {}
+
+/// Runs `poll` (a handler polling its request body) with the tasks it wakes
+/// captured, then runs those tasks right here.
+///
+/// The task a waiting handler wakes is the connection that feeds its body;
+/// running it on this thread, instead of queueing it for another thread and
+/// sleeping until that one answers, saves two cross-thread wake-ups per chunk.
+/// Tasks never block, so the handler waits no longer for it. Captured jobs
+/// (user code) are queued as usual: user code must not nest.
+pub(crate) fn poll_and_help<T>(poll: impl FnOnce() -> T) -> T {
+    let (output, woken) = collecting(poll);
+    if !woken.is_empty() {
+        let shared = with_context(|cx| cx.map(|cx| cx.shared.clone()))
+            .expect("only a worker collects what it wakes");
+        for runnable in woken {
+            run_for_pool(&shared, runnable);
+        }
+    }
+    output
+}
+
+/// [`Pool::call_user`] on the current worker's pool, inlining allowed; on a
+/// thread outside the pool that runs one of its tasks, queued for a worker;
+/// on a user's own thread polling a body of its own, `f` just runs here.
+pub(crate) fn call_user_here<T, F>(f: F) -> UserCall<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if let Some(pool) = with_context(|cx| cx.map(|cx| Pool(cx.shared.clone()))) {
+        return pool.call_user(true, f);
+    }
+    // A thread outside the pool that runs one of its tasks while it waits:
+    // the task's user code is the pool's to run, on a worker.
+    if let Some(shared) = HELPING.with(|helping| helping.borrow().clone()) {
+        return Pool(shared).call_user(false, f);
+    }
+    UserCall::Ready(Some(catch_unwind(AssertUnwindSafe(f))))
+}
+
+/// Runs user code on this thread, as `call_user` does where
+/// [`Pool::runs_inline`] holds, catching its panic. A caller with large
+/// arguments passes a closure over references to them: what the closure
+/// captures is copied on its way into `catch_unwind`.
+pub(crate) fn call_inline<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    user_section(|| catch_unwind(AssertUnwindSafe(f)))
+}
+
+/// Runs `f`, user code that may block for a long time, counting the current
+/// worker as inside user code meanwhile (see the module docs). Outside a
+/// worker, or nested, just runs `f`.
+pub(crate) fn user_section<R>(f: impl FnOnce() -> R) -> R {
+    let shared = with_context(|cx| match cx {
+        Some(cx) if !cx.in_user.get() => {
+            cx.in_user.set(true);
+            Some(cx.shared.clone())
+        }
+        _ => None,
+    });
+    let Some(shared) = shared else {
+        return f();
+    };
+    shared.enter_user();
+    struct Exit(Arc<Shared>);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            self.0.exit_user();
+            with_context(|cx| {
+                if let Some(cx) = cx {
+                    cx.in_user.set(false);
+                }
+            });
+        }
+    }
+    let _exit = Exit(shared);
+    f()
+}
