@@ -1,18 +1,28 @@
-//! Request and response bodies, and the blocking view over them.
+//! Request and response bodies: [`Body`] and its two faces, the blocking
+//! `Iterator` for handlers and the `http_body::Body` hyper polls. The
+//! `io::Read` view and reader-fed bodies are in `reader`, the mapping of
+//! hyper's errors to `io::ErrorKind`s in `error`.
 
 use std::fmt;
-use std::future::Future;
 use std::io::{self, Read};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 
 use crate::error::{Timeout, TimeoutError};
 use crate::runtime::park;
-use crate::runtime::pool::{self, Pool, UserCall};
+use crate::runtime::pool::Pool;
+
+mod error;
+mod reader;
+
+use error::body_error;
+pub(crate) use error::io_error_kinds;
+pub use reader::BodyReader;
+use reader::{read_chunk, ReaderState};
 
 /// An HTTP request from a client, with a streaming [`Body`].
 pub type Request = http::Request<Body>;
@@ -33,9 +43,6 @@ pub type Response = http::Response<Body>;
 /// assert_eq!(response.status(), 404);
 /// ```
 pub type ResponseBuilder = http::response::Builder;
-
-/// How many bytes [`Body::wrap_reader`] asks its reader for at a time.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// The body of a request or a response.
 ///
@@ -283,105 +290,6 @@ impl Iterator for Body {
     }
 }
 
-/// A failed request-body read as an `io::Error` whose kind tells what went
-/// wrong (see "Errors" on [`Body`]); hyper's error stays its source.
-fn body_error(err: hyper::Error) -> io::Error {
-    // hyper wraps the decoder's own io::Error (a bad chunk size, a
-    // connection closed mid-body): its kind is the most precise.
-    let precise = io_error_kinds(&err)
-        .map(|kind| match kind {
-            // The chunked decoder's word for a malformed body.
-            io::ErrorKind::InvalidInput => io::ErrorKind::InvalidData,
-            kind => kind,
-        })
-        .find(|kind| *kind != io::ErrorKind::Other);
-    if let Some(kind) = precise {
-        return io::Error::new(kind, err);
-    }
-    let kind = if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-        io::ErrorKind::UnexpectedEof
-    } else if err.is_parse() {
-        io::ErrorKind::InvalidData
-    } else if err.is_timeout() {
-        io::ErrorKind::TimedOut
-    } else {
-        // HTTP/2: the client reset the stream, or the connection failed.
-        io::ErrorKind::ConnectionReset
-    };
-    io::Error::new(kind, err)
-}
-
-/// The kinds of the `io::Error`s in `err`'s source chain, outermost first.
-pub(crate) fn io_error_kinds(err: &hyper::Error) -> impl Iterator<Item = io::ErrorKind> + '_ {
-    std::iter::successors(std::error::Error::source(err), |cause| cause.source())
-        .filter_map(|cause| cause.downcast_ref::<io::Error>().map(io::Error::kind))
-}
-
-type BoxReader = Box<dyn Read + Send>;
-
-/// A reader body being sent.
-enum ReaderState {
-    Idle(BoxReader),
-    /// Reading the next chunk: user code, run by the pool where it sees fit
-    /// (`Pool::call_user`); the reader comes back with the chunk.
-    Reading(UserCall<(BoxReader, io::Result<Option<Bytes>>)>),
-    /// The reader panicked and is gone.
-    Failed,
-}
-
-impl ReaderState {
-    /// Reads the next chunk.
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        loop {
-            match self {
-                ReaderState::Idle(_) => {
-                    let ReaderState::Idle(mut reader) =
-                        std::mem::replace(self, ReaderState::Failed)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    *self = ReaderState::Reading(pool::call_user_here(move || {
-                        let chunk = read_chunk(reader.as_mut());
-                        (reader, chunk)
-                    }));
-                }
-                ReaderState::Reading(call) => {
-                    return match ready!(Pin::new(call).poll(cx)) {
-                        Ok((reader, chunk)) => {
-                            *self = ReaderState::Idle(reader);
-                            Poll::Ready(chunk)
-                        }
-                        Err(_panic) => {
-                            log::error!("a response body reader panicked; aborting the response");
-                            *self = ReaderState::Failed;
-                            Poll::Ready(Err(io::Error::other("response body reader panicked")))
-                        }
-                    };
-                }
-                ReaderState::Failed => {
-                    return Poll::Ready(Err(io::Error::other("response body reader panicked")))
-                }
-            }
-        }
-    }
-}
-
-/// Reads one chunk from `reader`, `None` at its end.
-fn read_chunk(reader: &mut (dyn Read + Send)) -> io::Result<Option<Bytes>> {
-    let mut buf = vec![0; READ_CHUNK];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(Bytes::from(buf)));
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        }
-    }
-}
-
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = io::Error;
@@ -431,59 +339,6 @@ impl http_body::Body for Body {
             hint.set_lower(hint.lower().saturating_add(leftover));
         }
         hint
-    }
-}
-
-/// An [`io::Read`] view of a [`Body`], made by [`Body::reader`].
-///
-/// Reads block until data has arrived. Reaching the end of the body reads `Ok(0)`;
-/// a failed read's `io::ErrorKind` says why (see "Errors" on [`Body`]).
-///
-/// The part of a chunk a read did not take stays in the [`Body`], so dropping
-/// the reader loses nothing: another reader, or iterating the body, goes on
-/// from the next unread byte.
-///
-/// ```
-/// use astra::Body;
-/// use std::io::Read;
-///
-/// let mut body = Body::new("name: rest of the body");
-/// let mut name = [0; 5];
-/// body.reader().read_exact(&mut name)?; // one chunk taken, five bytes read
-/// assert_eq!(&name, b"name:");
-/// assert_eq!(body.next().unwrap()?, " rest of the body");
-/// # Ok::<(), std::io::Error>(())
-/// ```
-pub struct BodyReader<'body> {
-    body: &'body mut Body,
-}
-
-impl Read for BodyReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let leftover = loop {
-            if !self.body.leftover.is_empty() {
-                break &mut self.body.leftover;
-            }
-            match self.body.next() {
-                Some(chunk) => self.body.leftover = chunk?,
-                None => return Ok(0),
-            }
-        };
-        let n = buf.len().min(leftover.len());
-        buf[..n].copy_from_slice(&leftover[..n]);
-        leftover.advance(n);
-        Ok(n)
-    }
-}
-
-impl fmt::Debug for BodyReader<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BodyReader")
-            .field("body", &self.body)
-            .finish()
     }
 }
 
