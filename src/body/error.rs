@@ -3,7 +3,7 @@
 use std::io;
 
 /// A failed request-body read as an `io::Error` whose kind tells what went
-/// wrong (see "Errors" on [`Body`]); hyper's error stays its source.
+/// wrong (see "Errors" on [`Body`](crate::Body)); hyper's error stays its source.
 pub(super) fn body_error(err: hyper::Error) -> io::Error {
     // hyper wraps the decoder's own io::Error (a bad chunk size, a
     // connection closed mid-body): its kind is the most precise.

@@ -392,12 +392,16 @@ fn a_helper_whose_deadline_passes_in_the_poll_hands_the_reactor_on() {
                 assert!(read.await.expect("no panic"), "A's read timed out");
             });
         }
-        // B: a handler waiting for the body C feeds.
+        // B: a handler waiting for the body C feeds. It starts waiting once A
+        // is the thread that polls, with its deadline: the case where A's
+        // deadline must hand the poll on.
         let b_done = Latch::new();
         {
-            let (pool2, body, b_done) = (pool.clone(), body.clone(), b_done.clone());
+            let (pool2, pool3, body, b_done) =
+                (pool.clone(), pool.clone(), body.clone(), b_done.clone());
             pool.spawn(async move {
                 let read = pool2.call_user(false, move || {
+                    pool3.reactor().wait_for_timed_turn();
                     park::block_on_timeout(
                         poll_fn(|cx| {
                             let mut body = sync::lock(&body);
@@ -418,8 +422,9 @@ fn a_helper_whose_deadline_passes_in_the_poll_hands_the_reactor_on() {
             });
         }
         a_waiting.wait();
-        // A's deadline passes (in its poll of the reactor, if it polls);
-        // then B's body arrives. Both workers are inside user code, and A
+        pool.reactor().wait_for_timed_turn();
+        // A's deadline passes in its poll of the reactor; then B's body
+        // arrives. Both workers are inside user code, and A
         // stays there: only B can take the event.
         pool.reactor().advance_clock(Duration::from_secs(1));
         let waker = sync::lock(&event_waker).take().expect("stored");

@@ -26,6 +26,8 @@ struct Pending {
     woken: bool,
     /// Injected events: the wakers they concern.
     events: Vec<Waker>,
+    /// Turns begun so far that end at a deadline on the model clock.
+    timed_turns: usize,
 }
 
 impl Reactor {
@@ -57,6 +59,15 @@ impl Reactor {
         self.condvar.notify_all();
     }
 
+    /// Waits until some thread has begun a turn that ends at a deadline: a
+    /// model's way to know that a thread with a deadline took the poll.
+    pub(crate) fn wait_for_timed_turn(&self) {
+        let mut pending = sync::lock(&self.pending);
+        while pending.timed_turns == 0 {
+            pending = sync::wait(&self.condvar, pending, None);
+        }
+    }
+
     /// Moves the model clock (`sync::now`) on by `by`, ending the turns
     /// whose timeout that passes.
     pub(crate) fn advance_clock(&self, by: Duration) {
@@ -74,9 +85,16 @@ impl Reactor {
         timeout: Option<Duration>,
         after_poll: impl FnOnce(),
     ) -> usize {
-        let until = timeout.map(|timeout| sync::now() + timeout);
+        let until = timeout
+            .filter(|timeout| !timeout.is_zero())
+            .map(|timeout| sync::now() + timeout);
         let mut pending = sync::lock(&self.pending);
+        if until.is_some() {
+            pending.timed_turns += 1;
+            self.condvar.notify_all();
+        }
         while !pending.woken
+            && timeout != Some(Duration::ZERO)
             && pending.events.is_empty()
             && until.is_none_or(|until| sync::now() < until)
         {

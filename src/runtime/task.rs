@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll, Wake, Waker};
 
-use super::pool::Pool;
+use super::pool::{Place, Pool, Runnable};
 use super::sync::{self, Arc, AtomicU8, Mutex, Ordering};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -65,7 +65,7 @@ impl Task {
                     // Woken while running: queue it again, behind other work, so a
                     // task that keeps waking itself cannot starve the rest.
                     self.state.store(SCHEDULED, Ordering::Release);
-                    self.pool.push_task_fair(self.clone());
+                    self.pool.push(Runnable::Task(self.clone()), Place::Back);
                 }
             }
             Ok(Poll::Ready(())) => {
@@ -100,7 +100,10 @@ impl Task {
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) if next == SCHEDULED => {
-                    self.pool.push_task(self.clone());
+                    self.pool.push(
+                        Runnable::Task(self.clone()),
+                        Place::Next { from_a_task: false },
+                    );
                     return;
                 }
                 Ok(_) => return,

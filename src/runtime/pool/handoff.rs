@@ -9,6 +9,17 @@ impl Shared {
         sync::lock(&self.state)
     }
 
+    /// Who polls the reactor; see `Shared::polling`.
+    pub(super) fn polling(&self) -> Polling {
+        Polling::from_u8(self.polling.load(Ordering::SeqCst))
+    }
+
+    /// Records who polls; only under the state's lock (`_locked`), so that
+    /// every decision taken under it sees the same value.
+    pub(super) fn set_polling(&self, _locked: &mut State, polling: Polling) {
+        self.polling.store(polling as u8, Ordering::SeqCst);
+    }
+
     /// Workers that are neither inside user code nor parked: running tasks,
     /// polling, or just woken.
     pub(super) fn free_awake(&self, state: &State) -> usize {
@@ -41,8 +52,8 @@ impl Shared {
                 return false;
             }
         }
-        if state.polling == Polling::Worker {
-            state.polling = Polling::Interrupted;
+        if self.polling() == Polling::Worker {
+            self.set_polling(state, Polling::WorkerInterrupted);
             self.reactor.wake_driver();
             return false;
         }
@@ -65,7 +76,7 @@ impl Shared {
             parker.unpark();
             return false;
         }
-        if state.polling != Polling::No && !state.queued() {
+        if self.polling() != Polling::No && !state.queued() {
             // A helper polls, and there is nothing else to do.
             return false;
         }
@@ -81,8 +92,8 @@ impl Shared {
             return true;
         }
         if is_task {
-            if state.polling == Polling::Helper {
-                state.polling = Polling::Interrupted;
+            if self.polling() == Polling::Helper {
+                self.set_polling(state, Polling::HelperInterrupted);
                 self.reactor.wake_driver();
             } else if let Some(parker) = state.helpers.pop() {
                 parker.unpark();
@@ -150,7 +161,7 @@ impl Shared {
             self.workers.load(Ordering::Relaxed),
             self.idle.load(Ordering::Relaxed),
             self.in_user.load(Ordering::Relaxed),
-            self.worker_in_poll.load(Ordering::Relaxed),
+            self.polling().is_worker(),
         );
         should_yield(runnable, self.standing_aside.load(Ordering::Relaxed))
     }
@@ -186,13 +197,13 @@ impl Shared {
                 return true;
             }
         }
-        if nobody_else && state.polling == Polling::No {
+        if nobody_else && self.polling() == Polling::No {
             if let Some(mut driver) = self.reactor.try_driver() {
                 let pool = Pool(self.clone());
                 if !parker.start_polling(&pool) {
                     return true;
                 }
-                state.polling = Polling::Helper;
+                self.set_polling(&mut state, Polling::Helper);
                 drop(state);
                 *holds_role = true;
                 let timeout = deadline.map(|d| d.saturating_duration_since(sync::now()));
@@ -255,11 +266,11 @@ impl<'a> PollerRole<'a> {
         if std::mem::replace(&mut self.released, true) {
             return;
         }
-        match self.helper {
-            Some(parker) => parker.stop_polling(),
-            None => self.shared.worker_in_poll.store(false, Ordering::Relaxed),
+        if let Some(parker) = self.helper {
+            parker.stop_polling();
         }
-        self.shared.lock().polling = Polling::No;
+        let mut state = self.shared.lock();
+        self.shared.set_polling(&mut state, Polling::No);
     }
 }
 
@@ -325,7 +336,7 @@ pub(super) fn run_for_pool(shared: &Arc<Shared>, runnable: Runnable) {
             let _helping = HelpingMark::set(shared);
             run(runnable);
         }
-        Runnable::Job(_) => Pool(shared.clone()).push_global(runnable),
+        Runnable::Job(_) => Pool(shared.clone()).push(runnable, Place::Back),
     }
 }
 
@@ -420,7 +431,7 @@ impl Drop for Capture {
         // Only when `f` unwound: otherwise `end` ran.
         let woken = self.end();
         if !woken.is_empty() {
-            Pool(self.shared.clone()).push_all(woken.into_iter(), false);
+            Pool(self.shared.clone()).push_all(woken, Place::Back);
         }
     }
 }

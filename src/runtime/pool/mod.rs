@@ -16,7 +16,7 @@
 //! once: to a parked worker, else to a new one (started outside the lock), else,
 //! at `max_workers`, to a handler that is waiting for its request body, which
 //! runs connection tasks and polls the reactor while it waits (see
-//! [`wait_for_wake`]). So the pool grows only because handlers are inside user
+//! [`Waiter`]). So the pool grows only because handlers are inside user
 //! code, up to `max_workers`; a server with nothing ready has one worker asleep
 //! in `epoll_wait` and nothing else awake. Queued work wakes a parked worker
 //! only while fewer free workers than CPUs are awake: more would only take
@@ -39,9 +39,7 @@ use std::time::{Duration, Instant};
 
 use super::park::Parker;
 use super::reactor::{Driver, Reactor};
-use super::sync::{
-    self, thread, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
-};
+use super::sync::{self, thread, Arc, AtomicU8, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 use super::task::Task;
 
 mod handoff;
@@ -117,9 +115,10 @@ struct Shared {
     /// lock, read without it by `enter_user`'s fast path.
     workers: AtomicUsize,
     idle: AtomicUsize,
-    /// A free worker is blocked in the reactor's poll (`Polling::Worker`
-    /// until the poll returns): awake by the pool's count, but not runnable.
-    worker_in_poll: AtomicBool,
+    /// Who is (about to be) blocked in the reactor's poll, a [`Polling`]:
+    /// written under the state's lock, so read under it for decisions, and
+    /// read without it where a moment's view will do (`others_waiting`).
+    polling: AtomicU8,
     /// Free workers inside their yield (`worker_main`): runnable but holding
     /// nothing, so no other worker needs to yield for them.
     standing_aside: AtomicUsize,
@@ -148,20 +147,40 @@ struct State {
     /// pool) and can poll the reactor (and, pool workers, run tasks) for the
     /// pool when no worker can.
     helpers: Vec<Arc<Parker>>,
-    polling: Polling,
     shutdown: bool,
 }
 
 /// Who is (about to be) blocked in the reactor's poll.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Polling {
     No,
     /// A free worker: new work wakes it out of the poll.
     Worker,
-    /// A thread waiting inside user code or outside the pool (`wait_for_wake`).
+    /// A thread waiting inside user code or outside the pool (`Waiter`).
     Helper,
-    /// Whoever polls has been told to come back, and is on its way.
-    Interrupted,
+    /// The worker that polls has been told to come back, and is on its way.
+    WorkerInterrupted,
+    /// Likewise the helper that polls.
+    HelperInterrupted,
+}
+
+impl Polling {
+    fn from_u8(value: u8) -> Polling {
+        match value {
+            1 => Polling::Worker,
+            2 => Polling::Helper,
+            3 => Polling::WorkerInterrupted,
+            4 => Polling::HelperInterrupted,
+            _ => Polling::No,
+        }
+    }
+
+    /// A free worker blocked in the poll (until it returns, interrupted or
+    /// not): awake by the pool's count, but not runnable.
+    fn is_worker(self) -> bool {
+        matches!(self, Polling::Worker | Polling::WorkerInterrupted)
+    }
 }
 
 impl State {
@@ -174,7 +193,6 @@ impl State {
             workers: 0,
             idle: Vec::new(),
             helpers: Vec::new(),
-            polling: Polling::No,
             shutdown: false,
         }
     }
@@ -184,9 +202,29 @@ impl State {
     }
 }
 
-enum Runnable {
+/// Work for the pool's threads.
+pub(crate) enum Runnable {
+    /// A connection task (or an HTTP/2 stream's): polled, never blocks.
     Task(Arc<Task>),
+    /// User code: runs on a worker, counted as inside user code.
     Job(Job),
+}
+
+/// Where [`Pool::push`] queues work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// The current worker's LIFO slot, run as soon as what it runs now
+    /// yields: on a worker of this pool outside user code, and, while it
+    /// polls a task, only with `from_a_task` (a job the task starts: its
+    /// handler). Elsewhere, the back of the shared queue. A task woken by
+    /// another task goes behind what is queued: HTTP/2 streams then all
+    /// finish before their connection's task runs again and writes their
+    /// responses in one go (one `writev` for a batch, not one each).
+    Next { from_a_task: bool },
+    /// The back of the shared queue, behind all queued work.
+    Back,
+    /// The fresh queue while it has room (see `State::fresh`), else the back.
+    Fresh,
 }
 
 /// What a pool worker knows about itself.
@@ -231,7 +269,7 @@ impl Pool {
             in_user: AtomicUsize::new(0),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
-            worker_in_poll: AtomicBool::new(false),
+            polling: AtomicU8::new(Polling::No as u8),
             standing_aside: AtomicUsize::new(0),
         }))
     }
@@ -251,19 +289,8 @@ impl Pool {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.push_task(Task::new(future, self.clone()));
-    }
-
-    /// Queues a woken task: in this worker's LIFO slot when called from a worker
-    /// that is not inside user code nor polling a task, otherwise on the shared
-    /// queue.
-    pub(crate) fn push_task(&self, task: Arc<Task>) {
-        self.push_local_or_global(Runnable::Task(task), false);
-    }
-
-    /// Queues a task behind all other queued work.
-    pub(crate) fn push_task_fair(&self, task: Arc<Task>) {
-        self.push_global(Runnable::Task(task));
+        let task = Task::new(future, self.clone());
+        self.push(Runnable::Task(task), Place::Next { from_a_task: false });
     }
 
     /// Runs user code `f` and resolves to its result, or to the panic it
@@ -297,7 +324,7 @@ impl Pool {
                 waker.wake();
             }
         });
-        self.push_local_or_global(Runnable::Job(job), true);
+        self.push(Runnable::Job(job), Place::Next { from_a_task: true });
         UserCall::Queued(slot)
     }
 
@@ -328,7 +355,7 @@ impl Pool {
     pub(crate) fn ensure_poller(&self) {
         let shared = &self.0;
         let mut state = shared.lock();
-        if state.polling != Polling::No || shared.free_awake(&state) > 0 {
+        if shared.polling() != Polling::No || shared.free_awake(&state) > 0 {
             return;
         }
         let start = shared.find_runner(&mut state, true);
@@ -357,71 +384,65 @@ impl Pool {
         state.workers
     }
 
-    /// Queues work in the current worker's LIFO slot (run next) when it can
-    /// take it, otherwise on the shared queue. A task woken by another task
-    /// goes to the shared queue, behind what is already there: HTTP/2 streams
-    /// then all finish before their connection task runs again and writes their
-    /// responses in one go (one `writev` for a whole batch, not one each).
-    fn push_local_or_global(&self, runnable: Runnable, always_lifo: bool) {
-        let displaced = with_context(|cx| match cx {
-            Some(cx) if Arc::ptr_eq(&cx.shared, &self.0) => {
-                // Captured by a reactor turn or by a handler about to wait
-                // (`poll_and_help`), even inside user code.
-                if let Some(batch) = cx.batch.borrow_mut().as_mut() {
-                    batch.push(runnable);
-                    return None;
-                }
-                if cx.in_user.get() || (cx.in_task.get() && !always_lifo) {
-                    return Some(runnable);
-                }
-                cx.lifo.borrow_mut().replace(runnable)
-            }
-            _ => Some(runnable),
-        });
-        if let Some(runnable) = displaced {
-            self.push_global(runnable);
-        }
-    }
-
-    /// Queues what one reactor turn woke: the first in this worker's LIFO slot,
-    /// the rest on the shared queue under one lock, and one other thread told.
-    fn push_batch(&self, batch: Vec<Runnable>) {
-        let mut batch = batch.into_iter();
-        let Some(first) = batch.next() else {
-            return;
+    /// Queues `runnable` at `place`: the one way work is queued, with
+    /// [`Pool::push_all`] for a batch. Captured instead while this worker
+    /// collects what it wakes (a reactor turn, a handler about to wait; see
+    /// `collecting`), even inside user code.
+    pub(crate) fn push(&self, runnable: Runnable, place: Place) {
+        let runnable = match place {
+            Place::Next { from_a_task } => match self.try_next(runnable, from_a_task) {
+                Some(runnable) => runnable,
+                None => return,
+            },
+            Place::Back | Place::Fresh => runnable,
         };
-        self.push_local_or_global(first, false);
-        self.push_all(batch, false);
+        let shared = &self.0;
+        let mut state = shared.lock();
+        let is_task = state.enqueue(runnable, place == Place::Fresh);
+        let start = shared.find_runner(&mut state, is_task);
+        shared.unlock_then_start(state, start);
     }
 
-    /// Queues what a poll between tasks woke (`POLL_EVERY`): tasks on the
-    /// fresh queue while it has room.
-    fn push_fresh(&self, batch: Vec<Runnable>) {
-        if batch.is_empty() {
-            return;
-        }
-        self.push_all(batch.into_iter(), true);
-    }
-
-    /// Queues `batch` under one lock and tells one other thread.
-    fn push_all(&self, batch: impl Iterator<Item = Runnable>, fresh: bool) {
+    /// Queues `batch` under one lock, and tells one other thread: at
+    /// `Place::Next`, the first in this worker's LIFO slot and the rest at
+    /// the back (what one reactor turn woke).
+    pub(crate) fn push_all(&self, batch: Vec<Runnable>, place: Place) {
+        let mut batch = batch.into_iter();
+        let first = match place {
+            Place::Next { from_a_task } => match batch.next() {
+                Some(first) => self.try_next(first, from_a_task),
+                None => return,
+            },
+            Place::Back | Place::Fresh => None,
+        };
         let shared = &self.0;
         let mut state = shared.lock();
         let mut any = None;
-        for runnable in batch {
-            let is_task = state.enqueue(runnable, fresh);
+        for runnable in first.into_iter().chain(batch) {
+            let is_task = state.enqueue(runnable, place == Place::Fresh);
             any = Some(any.unwrap_or(false) || is_task);
         }
         let start = any.is_some_and(|is_task| shared.find_runner(&mut state, is_task));
         shared.unlock_then_start(state, start);
     }
 
-    fn push_global(&self, runnable: Runnable) {
-        let shared = &self.0;
-        let mut state = shared.lock();
-        let is_task = state.enqueue(runnable, false);
-        let start = shared.find_runner(&mut state, is_task);
-        shared.unlock_then_start(state, start);
+    /// Puts `runnable` in this worker's LIFO slot or capture if it can take
+    /// it (see `Place::Next`); otherwise, or for what it displaced from the
+    /// slot, returns what must be queued.
+    fn try_next(&self, runnable: Runnable, from_a_task: bool) -> Option<Runnable> {
+        with_context(|cx| match cx {
+            Some(cx) if Arc::ptr_eq(&cx.shared, &self.0) => {
+                if let Some(batch) = cx.batch.borrow_mut().as_mut() {
+                    batch.push(runnable);
+                    return None;
+                }
+                if cx.in_user.get() || (cx.in_task.get() && !from_a_task) {
+                    return Some(runnable);
+                }
+                cx.lifo.borrow_mut().replace(runnable)
+            }
+            _ => Some(runnable),
+        })
     }
 
     #[cfg(test)]

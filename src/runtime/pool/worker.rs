@@ -138,7 +138,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
                 continue;
             }
             // Let queued work in before this chain goes on.
-            Pool(shared.clone()).push_global(runnable);
+            Pool(shared.clone()).push(runnable, Place::Back);
         }
         lifo_streak = 0;
         let mut state = shared.lock();
@@ -146,7 +146,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
         if let Some(runnable) = state.pop(prefer_jobs) {
             taken_since_poll += 1;
             let poll_now =
-                taken_since_poll >= POLL_EVERY && state.queued() && state.polling == Polling::No;
+                taken_since_poll >= POLL_EVERY && state.queued() && shared.polling() == Polling::No;
             let driver = if poll_now {
                 taken_since_poll = 0;
                 shared.reactor.try_driver()
@@ -160,7 +160,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
                 let woken =
                     turn_collecting(&shared.reactor, &mut driver, Some(Duration::ZERO), || {});
                 drop(driver);
-                Pool(shared.clone()).push_fresh(woken);
+                Pool(shared.clone()).push_all(woken, Place::Fresh);
             }
             run(runnable);
             continue;
@@ -171,16 +171,15 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
             shared.exited.notify_all();
             return;
         }
-        if state.polling == Polling::No {
+        if shared.polling() == Polling::No {
             if let Some(mut driver) = shared.reactor.try_driver() {
-                state.polling = Polling::Worker;
-                shared.worker_in_poll.store(true, Ordering::Relaxed);
+                shared.set_polling(&mut state, Polling::Worker);
                 drop(state);
                 taken_since_poll = 0;
                 let mut role = PollerRole::worker(&shared);
                 let woken = turn_collecting(&shared.reactor, &mut driver, None, || role.release());
                 drop(driver);
-                Pool(shared.clone()).push_batch(woken);
+                Pool(shared.clone()).push_all(woken, Place::Next { from_a_task: false });
                 continue;
             }
         }
