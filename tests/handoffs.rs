@@ -99,11 +99,15 @@ fn a_poller_whose_read_times_out_hands_the_reactor_to_another_waiter() {
     drop(a);
 }
 
-/// With one worker, busy in a handler, an upgraded stream's thread waits on
-/// its socket and drives the pool's connection tasks meanwhile. The response
-/// body reader of an ordinary request (user code) must still run on a pool
-/// worker, never on that thread: there it would hold the upgraded stream's
-/// echo up while it reads.
+/// With one worker for requests, busy in a handler, an upgraded stream's
+/// continuation (user code, on a worker counted apart) waits on its socket
+/// and drives the pool's connection tasks meanwhile. The response body
+/// reader of an ordinary request (user code too) must be queued for a
+/// worker, never run inside that wait: there it would hold the upgraded
+/// stream's echo up while it reads. (Before upgrades ran on the pool, their
+/// continuation had a thread outside it; the unit test
+/// `user_code_of_a_task_run_off_the_pool_runs_on_a_worker` covers threads
+/// outside the pool.)
 #[test]
 fn a_thread_outside_the_pool_never_runs_a_response_body_reader() {
     const CHUNK: usize = 64 * 1024;
@@ -237,4 +241,50 @@ impl Read for ThreadNoting {
         self.produced.fetch_add(1, Ordering::SeqCst);
         Ok(n)
     }
+}
+
+/// A blocking upgrade's continuation holds a worker for as long as its
+/// connection lasts, counted apart from `max_workers`: with one worker for
+/// requests and two upgraded streams open, requests are still answered.
+#[test]
+fn blocking_upgrades_never_take_the_workers_requests_need() {
+    let server = common::server()
+        .max_workers(1)
+        .shutdown_timeout(Duration::from_secs(1));
+    let server = common::start(server, |mut request: Request, _| {
+        if let Some(upgrade) = Upgrade::from_request(&mut request) {
+            return upgrade.respond(common::switching("echo"), |mut stream| {
+                let mut buf = [0; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Response::new(Body::new("plain"))
+    });
+    let addr = server.addr();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut conn = RawConn::open(addr);
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+        assert_eq!(conn.read_head().unwrap().1, 101);
+        let mut stream = conn.stream().try_clone().unwrap();
+        stream.write_all(b"ping").unwrap();
+        let mut echo = [0; 4];
+        stream.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping");
+        streams.push(conn);
+    }
+    for _ in 0..3 {
+        assert_eq!(common::get(addr, "/"), (200, "plain".to_string()));
+    }
+    let stats = server.handle().stats();
+    assert_eq!(stats.handlers_running, 0, "{stats:?}");
+    assert!(
+        stats.workers >= 3,
+        "one per stream and one for requests: {stats:?}"
+    );
+    drop(streams);
 }

@@ -541,9 +541,10 @@ impl Server {
     }
 
     /// The most upgraded connections served as blocking streams at once
-    /// ([`Upgrade::respond`](crate::Upgrade::respond)). Each holds a thread
-    /// of its own for its whole life, outside `max_workers`, so upgrades never
-    /// take the workers ordinary requests need. Past the bound, an upgrade is
+    /// ([`Upgrade::respond`](crate::Upgrade::respond)). Each holds a worker
+    /// thread of its own for its whole life, counted apart from
+    /// `max_workers` (the pool grows by one for each), so upgrades never take
+    /// the workers ordinary requests need. Past the bound, an upgrade is
     /// answered `503 Service Unavailable` with `Retry-After: 1` and its
     /// continuation never runs. 0 allows none: every blocking upgrade is
     /// answered 503 (it is not "no limit"). Connections served by a task

@@ -331,6 +331,7 @@ impl UpgradeContext {
             counts_close: takes_connection,
             reason: None,
         };
+        let pool = self.pool.clone();
         self.pool.spawn(async move {
             let mut parts = parts;
             let io = match source {
@@ -350,14 +351,14 @@ impl UpgradeContext {
                 Continuation::Blocking(then) => {
                     let slot = slot.expect("reserved above");
                     let stream = Upgraded::new(io, parts);
-                    let spawned = std::thread::Builder::new()
-                        .name("astra-upgraded".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            then(stream);
-                        });
-                    if let Err(err) = spawned {
-                        log::error!("could not start a thread for an upgraded stream: {err}");
+                    // On a worker of its own, counted apart from
+                    // `max_workers` (one of `max_blocking_upgrades`).
+                    let call = pool.call_user_apart(move || {
+                        let _slot = slot;
+                        then(stream);
+                    });
+                    if call.await.is_err() {
+                        log::error!("an upgraded stream's continuation panicked");
                     }
                 }
                 Continuation::Task(task) => task(io, parts).await,

@@ -86,7 +86,8 @@ impl Shared {
     /// No worker is free and awake: count in a new one (the caller starts it)
     /// or, at `max_workers`, wake a helper for a task.
     pub(super) fn grow(&self, state: &mut State, is_task: bool) -> bool {
-        if state.workers < self.config.max_workers {
+        let limit = self.config.max_workers + self.apart.load(Ordering::SeqCst);
+        if state.workers < limit {
             state.workers += 1;
             self.publish(state);
             return true;

@@ -82,17 +82,21 @@ impl PoolRef {
         self.0.upgrade().map(Pool)
     }
 
-    /// Live workers, threads inside user code, and queued work; `None` once
-    /// the pool is gone.
+    /// Live workers, threads inside user code but for those that run apart
+    /// (`call_user_apart`), and queued work; `None` once the pool is gone.
     pub(crate) fn gauges(&self) -> Option<(usize, usize, usize)> {
         let shared = self.0.upgrade()?;
         let queued = {
             let state = shared.lock();
             state.tasks.len() + state.fresh.len() + state.jobs.len()
         };
+        // Blocking upgrades' continuations run apart, for as long as their
+        // connections last: not handlers.
+        let in_user = shared.in_user.load(Ordering::Relaxed);
+        let apart = shared.apart.load(Ordering::Relaxed);
         Some((
             shared.workers.load(Ordering::Relaxed),
-            shared.in_user.load(Ordering::Relaxed),
+            in_user.saturating_sub(apart),
             queued,
         ))
     }
@@ -122,6 +126,9 @@ struct Shared {
     /// Free workers inside their yield (`worker_main`): runnable but holding
     /// nothing, so no other worker needs to yield for them.
     standing_aside: AtomicUsize,
+    /// Calls of [`Pool::call_user_apart`] queued or running: the pool may
+    /// have this many workers beyond `max_workers`.
+    apart: AtomicUsize,
 }
 
 struct State {
@@ -271,6 +278,7 @@ impl Pool {
             idle: AtomicUsize::new(0),
             polling: AtomicU8::new(Polling::No as u8),
             standing_aside: AtomicUsize::new(0),
+            apart: AtomicUsize::new(0),
         }))
     }
 
@@ -311,6 +319,43 @@ impl Pool {
         if may_inline && self.runs_inline() {
             return UserCall::Ready(Some(call_inline(f)));
         }
+        self.queue_user(f, Place::Next { from_a_task: true })
+    }
+
+    /// [`Pool::call_user`] for user code that may run as long as a
+    /// connection lasts (a blocking upgrade's continuation): always a job,
+    /// and counted apart from `max_workers`, the pool growing by one worker
+    /// for each such call under way, so that they never take the workers
+    /// ordinary requests need. Their own bound is the caller's
+    /// (`Server::max_blocking_upgrades`).
+    pub(crate) fn call_user_apart<T, F>(&self, f: F) -> UserCall<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        struct Apart(Arc<Shared>);
+        impl Drop for Apart {
+            fn drop(&mut self) {
+                self.0.apart.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.0.apart.fetch_add(1, Ordering::SeqCst);
+        let apart = Apart(self.0.clone());
+        self.queue_user(
+            move || {
+                let _apart = apart;
+                f()
+            },
+            Place::Back,
+        )
+    }
+
+    /// Queues user code `f` as a job at `place`; see [`Pool::call_user`].
+    fn queue_user<T, F>(&self, f: F, place: Place) -> UserCall<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let slot: Arc<Mutex<CallSlot<T>>> = Arc::new(Mutex::new(CallSlot::default()));
         let job_slot = slot.clone();
         let job = Box::new(move || {
@@ -324,7 +369,7 @@ impl Pool {
                 waker.wake();
             }
         });
-        self.push(Runnable::Job(job), Place::Next { from_a_task: true });
+        self.push(Runnable::Job(job), place);
         UserCall::Queued(slot)
     }
 
