@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use hyper::server::conn::http1;
 
@@ -16,7 +15,7 @@ use crate::runtime::timer::{Sleep, Timer};
 use crate::server::service::HyperService;
 use crate::server::shutdown::ConnectionGuard;
 use crate::server::stats::{CloseReason, Open, OpenGuard};
-use crate::server::timeouts::{Activity, Timeouts};
+use crate::server::timeouts::{self, Activity, Timeouts};
 
 /// Which protocols a connection may speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +50,7 @@ impl Watch {
             activity: conn.activity().clone(),
             guard,
             sleep: None,
+            armed: 0,
             shutdown_sent: false,
             keep_alive_only: false,
             open,
@@ -305,8 +305,10 @@ struct Watch {
     protocols: Arc<Protocols>,
     activity: Arc<Activity>,
     guard: ConnectionGuard,
-    /// Armed at the current deadline, or later (it is re-armed when it fires).
+    /// Armed at the current deadline, or earlier (it is re-armed when it fires).
     sleep: Option<Sleep>,
+    /// `sleep`'s deadline, in `timeouts::now`'s nanoseconds.
+    armed: u64,
     shutdown_sent: bool,
     keep_alive_only: bool,
     /// Counts the connection as open, by protocol, in the server's stats.
@@ -377,12 +379,19 @@ impl Watch {
             match &mut self.sleep {
                 // The armed timer fires first (or at the deadline): it decides,
                 // and the common poll reads no clock.
-                Some(sleep) if sleep.deadline() <= deadline => {}
-                _ if Instant::now() >= deadline => {
+                Some(_) if self.armed <= deadline => {}
+                _ if timeouts::now() >= deadline => {
                     return Poll::Ready(Ended::Closed(phase.reason()));
                 }
-                Some(sleep) => sleep.reset(deadline),
-                None => self.sleep = Some(self.protocols.timer.sleep_until(deadline)),
+                Some(sleep) => {
+                    sleep.reset(timeouts::instant_at(deadline));
+                    self.armed = deadline;
+                }
+                None => {
+                    let at = timeouts::instant_at(deadline);
+                    self.sleep = Some(self.protocols.timer.sleep_until(at));
+                    self.armed = deadline;
+                }
             }
             let sleep = self.sleep.as_mut().expect("armed above");
             if Pin::new(sleep).poll(cx).is_pending() {

@@ -241,8 +241,6 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
         let in_flight = Some(self.activity.request_started());
         let may_inline = may_run_inline(&request);
-        let request = request
-            .map(|incoming| Body::incoming(incoming, self.body_read_timeout, self.pool.clone()));
         let method = request.method().clone();
         let uri = request.uri().clone();
         let access = self.access_log.then(|| {
@@ -256,35 +254,59 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
                 bytes: 0,
             })
         });
-        let call = if may_inline && self.pool.runs_inline() {
-            // The request stays in this frame: the closure holds a reference
-            // to it, not a copy (see `call_inline`).
-            let mut request = Some(request);
-            let mut response = crate::runtime::pool::call_inline(|| {
-                let request = request.take().expect("called once");
-                self.service.call_shared(request, self.info.clone())
-            });
-            if let Ok(response) = &mut response {
-                self.close_if_shutting_down(response);
-            }
-            UserCall::Ready(Some(response))
-        } else {
-            let service = self.service.clone();
-            let info = self.info.clone();
-            self.pool
-                .call_user(false, move || service.call_shared(request, info))
-        };
-        PendingResponse(Box::new(Pending {
-            call,
+        // Written in place: `Box::new` builds the value on the stack and
+        // copies it.
+        let mut pending = Box::new_uninit();
+        pending.write(Pending {
+            call: Call::Done(None),
             request: Some((method, uri)),
             in_flight,
             upgrades: self.upgrades.clone(),
             access,
-        }))
+        });
+        // SAFETY: initialised by the `write` just above.
+        let mut pending: Box<Pending> = unsafe { pending.assume_init() };
+        if may_inline && self.pool.runs_inline() {
+            // The handler's response is written straight into the box that
+            // hyper will poll, and the request is only borrowed by the
+            // closure: a response or request passed by value through the
+            // closure, `catch_unwind` and the future costs a `memcpy` of a
+            // few hundred bytes at each step.
+            let Call::Done(outcome) = &mut pending.call else {
+                unreachable!("built as Done above")
+            };
+            let mut request = Some(request);
+            let caught = crate::runtime::pool::call_inline(|| {
+                let request = self.user_request(request.take().expect("called once"));
+                *outcome = Some(Ok(self.service.call_shared(request, self.info.clone())));
+            });
+            match caught {
+                Ok(()) => {
+                    if let Some(Ok(response)) = outcome {
+                        self.close_if_shutting_down(response);
+                    }
+                }
+                Err(panic) => *outcome = Some(Err(panic)),
+            }
+        } else {
+            let request = self.user_request(request);
+            let service = self.service.clone();
+            let info = self.info.clone();
+            pending.call = Call::Queued(
+                self.pool
+                    .call_user(false, move || service.call_shared(request, info)),
+            );
+        }
+        PendingResponse(pending)
     }
 }
 
 impl HyperService {
+    /// The request as the handler sees it.
+    fn user_request(&self, request: http::Request<hyper::body::Incoming>) -> Request {
+        request.map(|incoming| Body::incoming(incoming, self.body_read_timeout, self.pool.clone()))
+    }
+
     /// Marks the response to a request whose handler ran inline as the
     /// connection's last if a graceful shutdown started meanwhile. The
     /// connection task could not hear of the shutdown while the handler ran
@@ -378,7 +400,7 @@ pub(crate) fn panic_response(
 pub(crate) struct PendingResponse(Box<Pending>);
 
 struct Pending {
-    call: UserCall<Response>,
+    call: Call,
     /// The request's method and URI, to name it if the handler panics.
     request: Option<(Method, Uri)>,
     /// Moves into the response body; dropped with this future if the request
@@ -390,12 +412,28 @@ struct Pending {
     access: Option<Box<AccessRecord>>,
 }
 
+/// Where a handler's response comes from.
+enum Call {
+    /// The handler ran inline, in `HyperService::call`: its response, or its
+    /// panic; `None` until written, and once taken.
+    Done(Option<std::thread::Result<Response>>),
+    /// The handler runs as a job of the pool.
+    Queued(UserCall<Response>),
+}
+
 impl Future for PendingResponse {
     type Output = Result<http::Response<ResponseBody>, std::convert::Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self.0;
-        let mut response = match ready!(Pin::new(&mut this.call).poll(cx)) {
+        let outcome = match &mut this.call {
+            Call::Done(outcome) => match outcome.take() {
+                Some(outcome) => outcome,
+                None => return Poll::Pending,
+            },
+            Call::Queued(call) => ready!(Pin::new(call).poll(cx)),
+        };
+        let mut response = match outcome {
             Ok(response) => response,
             Err(panic) => {
                 let (method, uri) = this.request.take().unwrap_or_default();

@@ -39,11 +39,45 @@ impl Timeout {
     }
 }
 
-/// What a connection has been doing. Times are nanoseconds since `start`, plus
-/// one so that zero can mean "not set".
+/// Nanoseconds on the monotonic clock, never zero: the stamps of [`Activity`]
+/// and the deadlines it gives. Read with `clock_gettime` itself: the
+/// connection takes a stamp per request, and `Instant::elapsed` costs twice
+/// the instructions (a checked `Timespec` subtraction, then a `Duration`).
+pub(crate) fn now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec`; CLOCK_MONOTONIC exists on
+    // every platform this crate builds on, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
+}
+
+/// The `Instant` of a time given by [`now`], for the timer.
+pub(crate) fn instant_at(at: u64) -> Instant {
+    let (instant, now) = (Instant::now(), now());
+    match at.checked_sub(now) {
+        Some(ahead) => instant + Duration::from_nanos(ahead),
+        None => instant - Duration::from_nanos(now - at),
+    }
+}
+
+/// `at` plus `timeout`, in [`now`]'s nanoseconds.
+fn after(at: u64, timeout: Duration) -> u64 {
+    at.saturating_add(timeout.as_nanos().try_into().unwrap_or(u64::MAX))
+}
+
+/// `head_started` when bytes of a head arrived but their time is not taken
+/// yet: the next [`Activity::deadline`] takes it, in the same poll of the
+/// connection (its reads happen only inside that poll), and a head that is
+/// parsed within the poll that read it (nearly every one) costs no clock read.
+const HEAD_BEGUN: u64 = u64::MAX;
+
+/// What a connection has been doing. Times are [`now`]'s, zero for "not set".
 #[derive(Debug)]
 pub(crate) struct Activity {
-    start: Instant,
+    start: u64,
     /// Requests whose response has not been fully handed to hyper.
     in_flight: AtomicUsize,
     /// Requests seen so far.
@@ -68,7 +102,7 @@ pub(crate) struct Activity {
 impl Activity {
     pub(crate) fn new(metrics: Arc<crate::server::stats::Metrics>) -> Arc<Activity> {
         Arc::new(Activity {
-            start: Instant::now(),
+            start: now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
@@ -81,20 +115,12 @@ impl Activity {
         })
     }
 
-    fn stamp(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64 + 1
-    }
-
-    fn at(&self, stamp: u64) -> Instant {
-        self.start + Duration::from_nanos(stamp - 1)
-    }
-
     /// Bytes arrived from the client.
     pub(crate) fn on_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
         {
-            self.head_started.store(self.stamp(), Ordering::Relaxed);
+            self.head_started.store(HEAD_BEGUN, Ordering::Relaxed);
         }
     }
 
@@ -133,7 +159,7 @@ impl Activity {
     /// A write could not proceed: the client's receive window is full.
     pub(crate) fn on_write_blocked(&self) {
         if self.write_blocked.load(Ordering::Relaxed) == 0 {
-            self.write_blocked.store(self.stamp(), Ordering::Relaxed);
+            self.write_blocked.store(now(), Ordering::Relaxed);
         }
     }
 
@@ -153,43 +179,60 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// The deadline that applies now, if any, and the timeout it belongs to.
-    /// `keep_alive_only`: HTTP/2, where request heads are frames hyper reads on
-    /// its own and an idle connection is timed by the keep-alive timeout alone.
+    /// The deadline that applies now, if any (in [`now`]'s nanoseconds), and
+    /// the timeout it belongs to. `keep_alive_only`: HTTP/2, where request
+    /// heads are frames hyper reads on its own and an idle connection is timed
+    /// by the keep-alive timeout alone. Called by the connection's task after
+    /// each poll that leaves it waiting.
     pub(crate) fn deadline(
         &self,
         timeouts: &Timeouts,
         keep_alive_only: bool,
-    ) -> Option<(Instant, Timeout)> {
-        let mut earliest: Option<(Instant, Timeout)> = None;
-        let mut consider = |at: Instant, phase: Timeout| {
+    ) -> Option<(u64, Timeout)> {
+        let mut earliest: Option<(u64, Timeout)> = None;
+        let mut consider = |at: u64, phase: Timeout| {
             if earliest.is_none_or(|(e, _)| at < e) {
                 earliest = Some((at, phase));
             }
         };
         let write_blocked = self.write_blocked.load(Ordering::Relaxed);
         if let (Some(send), true) = (timeouts.send, write_blocked != 0) {
-            consider(self.at(write_blocked) + send, Timeout::Send);
+            consider(after(write_blocked, send), Timeout::Send);
         }
         if self.in_flight.load(Ordering::Relaxed) == 0 {
-            let head_started = self.head_started.load(Ordering::Relaxed);
+            let mut head_started = self.head_started.load(Ordering::Relaxed);
+            if head_started == HEAD_BEGUN && !keep_alive_only {
+                // The bytes came in this poll (see `HEAD_BEGUN`). Not a plain
+                // store: an HTTP/2 stream's end, on another task, may have
+                // cleared it meanwhile.
+                let stamp = now();
+                head_started = match self.head_started.compare_exchange(
+                    HEAD_BEGUN,
+                    stamp,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => stamp,
+                    Err(current) => current,
+                };
+            }
             let first_request = self.requests.load(Ordering::Relaxed) == 0;
             if first_request && !keep_alive_only {
                 if let Some(header_read) = timeouts.header_read {
-                    consider(self.start + header_read, Timeout::HeaderRead);
+                    consider(after(self.start, header_read), Timeout::HeaderRead);
                 }
             } else if head_started != 0 && !keep_alive_only {
                 if let Some(header_read) = timeouts.header_read {
-                    consider(self.at(head_started) + header_read, Timeout::HeaderRead);
+                    consider(after(head_started, header_read), Timeout::HeaderRead);
                 }
             } else if let Some(keep_alive) = timeouts.keep_alive {
                 let idle_since = self.idle_since.load(Ordering::Relaxed);
                 let since = if idle_since == 0 {
                     self.start
                 } else {
-                    self.at(idle_since)
+                    idle_since
                 };
-                consider(since + keep_alive, Timeout::KeepAlive);
+                consider(after(since, keep_alive), Timeout::KeepAlive);
             }
         }
         earliest
@@ -217,9 +260,7 @@ impl Drop for InFlight {
         let activity = &self.0;
         activity.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            activity
-                .idle_since
-                .store(activity.stamp(), Ordering::Relaxed);
+            activity.idle_since.store(now(), Ordering::Relaxed);
             activity.head_started.store(0, Ordering::Relaxed);
         }
     }
