@@ -1,9 +1,10 @@
-//! Sockets registered with the reactor, as hyper's `Read` and `Write`.
+//! Stream sockets (TCP and Unix) registered with the reactor, read and
+//! written without blocking: the I/O under a server's connection (and a
+//! client's, next).
 
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -11,8 +12,6 @@ use hyper::rt::ReadBufCursor;
 
 use crate::runtime::reactor::{Closable, ScheduledIo, READABLE, WRITABLE};
 use crate::runtime::Pool;
-use crate::server::shutdown::Signal;
-use crate::server::timeouts::Activity;
 
 /// An accepted stream socket, TCP or Unix: both are read, written and shut
 /// down the same way, so the rest of the crate sees one kind of connection.
@@ -86,34 +85,28 @@ impl mio::event::Source for Stream {
     }
 }
 
-/// An accepted connection, registered with the pool's reactor for its whole
-/// life (one registration, deregistered on drop).
-pub(crate) struct Conn {
-    /// Shared with the reactor's registration, so that a forced shutdown
-    /// can end the connection while this owner holds it.
+/// A stream socket registered with a pool's reactor for its whole life (one
+/// registration, ended on drop), in a group that a forced close reaches
+/// ([`Reactor::close_group`](crate::runtime::reactor::Reactor::close_group)).
+pub(crate) struct Registered {
+    /// Shared with the reactor's registration, so that a forced close can
+    /// end the connection while this owner holds it.
     stream: Arc<Stream>,
     io: Arc<ScheduledIo>,
     token: usize,
     pool: Pool,
-    activity: Arc<Activity>,
 }
 
-impl Conn {
-    pub(crate) fn register(stream: Stream, pool: &Pool, signal: &Arc<Signal>) -> io::Result<Conn> {
+impl Registered {
+    pub(crate) fn register(stream: Stream, pool: &Pool, group: u64) -> io::Result<Registered> {
         let stream = Arc::new(stream);
-        let (token, io) = pool.reactor().register_closable(&stream, signal.group())?;
-        Ok(Conn {
+        let (token, io) = pool.reactor().register_closable(&stream, group)?;
+        Ok(Registered {
             stream,
             io,
             token,
             pool: pool.clone(),
-            activity: Activity::new(signal.metrics.clone()),
         })
-    }
-
-    /// What this connection has been doing, for its timeouts.
-    pub(crate) fn activity(&self) -> &Arc<Activity> {
-        &self.activity
     }
 
     /// Runs a non-blocking operation once `direction` is ready, retrying after a
@@ -135,25 +128,14 @@ impl Conn {
             }
         }
     }
-}
 
-impl Conn {
-    /// Tells the send timeout whether the client is taking our bytes.
-    fn note_write(&self, result: &Poll<io::Result<usize>>) {
-        match result {
-            Poll::Pending => self.activity.on_write_blocked(),
-            Poll::Ready(Err(_)) => self.activity.on_write_failed(),
-            Poll::Ready(Ok(_)) => self.activity.on_write(),
-        }
-    }
-}
-
-impl hyper::rt::Read for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
+    /// Reads into `buf`'s unfilled part once the socket is readable; the
+    /// number of bytes read, 0 at the end of the stream.
+    pub(crate) fn poll_read(
+        &self,
         cx: &mut Context<'_>,
         mut buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
+    ) -> Poll<io::Result<usize>> {
         let fd = self.stream.as_raw_fd();
         // SAFETY: `as_mut` hands out the cursor's unfilled, possibly uninitialised
         // tail; we only pass its pointer and length to recv(2), which writes at
@@ -190,54 +172,33 @@ impl hyper::rt::Read for Conn {
         // SAFETY: recv(2) reported `n` bytes written at the start of `unfilled`,
         // so exactly those bytes are now initialised (n <= unfilled.len()).
         unsafe { buf.advance(n) };
-        if n > 0 {
-            self.activity.on_read();
-        } else {
-            self.activity.on_eof();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl hyper::rt::Write for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = self.poll_io(cx, WRITABLE, || self.stream.write(buf));
-        self.note_write(&result);
-        result
+        Poll::Ready(Ok(n))
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
+    /// Writes `buf` once the socket is writable.
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, WRITABLE, || self.stream.write(buf))
+    }
+
+    /// Writes `bufs` in one call once the socket is writable.
+    pub(crate) fn poll_write_vectored(
+        &self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = self.poll_io(cx, WRITABLE, || self.stream.write_vectored(bufs));
-        self.note_write(&result);
-        result
+        self.poll_io(cx, WRITABLE, || self.stream.write_vectored(bufs))
     }
 
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Writes go straight to the socket; there is nothing buffered here.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Ends our side of the stream (the peer reads its end).
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         match self.stream.shutdown(Shutdown::Write) {
-            Err(err) if err.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(err)),
-            _ => Poll::Ready(Ok(())),
+            Err(err) if err.kind() != io::ErrorKind::NotConnected => Err(err),
+            _ => Ok(()),
         }
     }
 }
 
-impl Drop for Conn {
+impl Drop for Registered {
     fn drop(&mut self) {
         self.pool
             .reactor()

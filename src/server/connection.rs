@@ -10,10 +10,10 @@ use hyper::server::conn::http1;
 
 #[cfg(feature = "http2")]
 use crate::io::rewind::Rewind;
-use crate::io::stream::Conn;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::server::service::HyperService;
 use crate::server::shutdown::ConnectionGuard;
+use crate::server::socket::Conn;
 use crate::server::stats::{CloseReason, Open, OpenGuard};
 use crate::server::timeouts::{self, Activity, Timeouts};
 

@@ -5,6 +5,7 @@ pub(crate) mod activation;
 pub(crate) mod connection;
 pub(crate) mod service;
 pub(crate) mod shutdown;
+pub(crate) mod socket;
 pub(crate) mod stats;
 pub(crate) mod timeouts;
 pub(crate) mod upgrade;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 
 use crate::io::listener::Listener;
-use crate::io::stream::{Conn, Stream};
+use crate::io::stream::Stream;
 use crate::runtime::pool::PoolConfig;
 use crate::runtime::reactor::Reactor;
 use crate::runtime::timer::Timer;
@@ -32,6 +33,7 @@ use crate::server::shutdown::{ServerHandle, Signal};
 use crate::server::timeouts::Timeouts;
 use crate::server::upgrade::UpgradeContext;
 use connection::{Mode, Protocols};
+use socket::Conn;
 
 /// The default cap on worker threads, tokio's for its blocking pool: handlers
 /// block, so threads, not cores, bound how many requests are served at once
