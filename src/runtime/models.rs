@@ -85,6 +85,71 @@ fn shut_down(pool: &Pool) {
     assert_eq!(pool.shutdown(FOREVER), 0, "every worker exits");
 }
 
+/// A request body fed by a connection task: the task waits for its
+/// socket's event (a model injects it with [`Feed::deliver`]), then hands the
+/// body, 7, to whoever reads it ([`Feed::read`]).
+#[derive(Clone)]
+struct Feed {
+    /// The body, and the reader's waker.
+    body: Arc<Mutex<(Option<u32>, Option<Waker>)>>,
+    /// The feeding task's waker, stored while it waits for its event.
+    event_waker: Arc<Mutex<Option<Waker>>>,
+    /// Set once the feeding task waits for its event.
+    waiting: Arc<Latch>,
+}
+
+impl Feed {
+    /// Spawns the feeding task.
+    fn spawn(pool: &Pool) -> Feed {
+        let feed = Feed {
+            body: Arc::default(),
+            event_waker: Arc::default(),
+            waiting: Latch::new(),
+        };
+        let task_feed = feed.clone();
+        let mut polled = false;
+        pool.spawn(poll_fn(move |cx| {
+            if !polled {
+                polled = true;
+                *sync::lock(&task_feed.event_waker) = Some(cx.waker().clone());
+                task_feed.waiting.set();
+                return Poll::Pending;
+            }
+            let waker = {
+                let mut body = sync::lock(&task_feed.body);
+                body.0 = Some(7);
+                body.1.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            Poll::Ready(())
+        }));
+        feed
+    }
+
+    /// The feeding task's event, through the reactor, once it waits for it.
+    fn deliver(&self, pool: &Pool) {
+        self.waiting.wait();
+        let waker = sync::lock(&self.event_waker).take().expect("stored");
+        pool.reactor().inject(waker);
+    }
+
+    /// Reading the body, as a handler's `BodyReader` does.
+    fn read(&self) -> impl Future<Output = u32> + '_ {
+        poll_fn(|cx| {
+            let mut body = sync::lock(&self.body);
+            match body.0 {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    body.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}
+
 #[test]
 fn a_task_woken_while_its_worker_enters_user_code_runs_again() {
     model(|| {
@@ -235,56 +300,17 @@ fn a_plain_thread_blocked_on_a_future_drives_the_reactor_with_no_worker() {
 fn a_handler_waiting_for_its_body_at_max_workers_runs_the_task_that_feeds_it() {
     model(|| {
         let pool = pool(1);
-        // The "body": a value the feeding task delivers, and the handler's waker.
-        let body: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
-        // The feeding task waits for a socket event; its waker goes here.
-        let event_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
-        let waiting_for_event = Latch::new();
+        let feed = Feed::spawn(&pool);
         let done = Latch::new();
         {
-            let (body, event_waker, waiting_for_event) =
-                (body.clone(), event_waker.clone(), waiting_for_event.clone());
-            let mut polled = false;
-            pool.spawn(poll_fn(move |cx| {
-                if !polled {
-                    polled = true;
-                    *sync::lock(&event_waker) = Some(cx.waker().clone());
-                    waiting_for_event.set();
-                    return Poll::Pending;
-                }
-                let waker = {
-                    let mut body = sync::lock(&body);
-                    body.0 = Some(7);
-                    body.1.take()
-                };
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-                Poll::Ready(())
-            }));
-        }
-        {
-            let (pool2, body, done) = (pool.clone(), body.clone(), done.clone());
+            let (pool2, feed, done) = (pool.clone(), feed.clone(), done.clone());
             pool.spawn(async move {
-                let read = pool2.call_user(false, move || {
-                    park::block_on(poll_fn(|cx| {
-                        let mut body = sync::lock(&body);
-                        match body.0 {
-                            Some(v) => Poll::Ready(v),
-                            None => {
-                                body.1 = Some(cx.waker().clone());
-                                Poll::Pending
-                            }
-                        }
-                    }))
-                });
+                let read = pool2.call_user(false, move || park::block_on(feed.read()));
                 assert_eq!(read.await.expect("no panic"), 7);
                 done.set();
             });
         }
-        waiting_for_event.wait();
-        let waker = sync::lock(&event_waker).take().expect("stored");
-        pool.reactor().inject(waker);
+        feed.deliver(&pool);
         done.wait();
         shut_down(&pool);
     });
@@ -344,32 +370,8 @@ fn a_helper_whose_deadline_passes_in_the_poll_hands_the_reactor_on() {
     model(|| {
         let pool = pool(2);
         // C: a connection task that feeds B's body once its event comes in.
-        let body: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
-        let event_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
-        let c_waiting = Latch::new();
-        {
-            let (body, event_waker, c_waiting) =
-                (body.clone(), event_waker.clone(), c_waiting.clone());
-            let mut polled = false;
-            pool.spawn(poll_fn(move |cx| {
-                if !polled {
-                    polled = true;
-                    *sync::lock(&event_waker) = Some(cx.waker().clone());
-                    c_waiting.set();
-                    return Poll::Pending;
-                }
-                let waker = {
-                    let mut body = sync::lock(&body);
-                    body.0 = Some(7);
-                    body.1.take()
-                };
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-                Poll::Ready(())
-            }));
-        }
-        c_waiting.wait();
+        let feed = Feed::spawn(&pool);
+        feed.waiting.wait();
         // A: a handler whose body never comes; its read gives up at its
         // deadline, and it goes on with blocking work until `release_a`.
         let a_waiting = Latch::new();
@@ -397,25 +399,12 @@ fn a_helper_whose_deadline_passes_in_the_poll_hands_the_reactor_on() {
         // deadline must hand the poll on.
         let b_done = Latch::new();
         {
-            let (pool2, pool3, body, b_done) =
-                (pool.clone(), pool.clone(), body.clone(), b_done.clone());
+            let (pool2, pool3, feed, b_done) =
+                (pool.clone(), pool.clone(), feed.clone(), b_done.clone());
             pool.spawn(async move {
                 let read = pool2.call_user(false, move || {
                     pool3.reactor().wait_for_timed_turn();
-                    park::block_on_timeout(
-                        poll_fn(|cx| {
-                            let mut body = sync::lock(&body);
-                            match body.0 {
-                                Some(v) => Poll::Ready(v),
-                                None => {
-                                    body.1 = Some(cx.waker().clone());
-                                    Poll::Pending
-                                }
-                            }
-                        }),
-                        Some(Duration::from_secs(3600)),
-                        None,
-                    )
+                    park::block_on_timeout(feed.read(), Some(Duration::from_secs(3600)), None)
                 });
                 assert_eq!(read.await.expect("no panic"), Some(7));
                 b_done.set();
@@ -424,11 +413,10 @@ fn a_helper_whose_deadline_passes_in_the_poll_hands_the_reactor_on() {
         a_waiting.wait();
         pool.reactor().wait_for_timed_turn();
         // A's deadline passes in its poll of the reactor; then B's body
-        // arrives. Both workers are inside user code, and A
-        // stays there: only B can take the event.
+        // arrives. Both workers are inside user code, and A stays there:
+        // only B can take the event.
         pool.reactor().advance_clock(Duration::from_secs(1));
-        let waker = sync::lock(&event_waker).take().expect("stored");
-        pool.reactor().inject(waker);
+        feed.deliver(&pool);
         b_done.wait();
         release_a.set();
         shut_down(&pool);

@@ -30,6 +30,38 @@ fn wait_until(pool: &Pool, what: &str, cond: impl Fn((usize, usize, usize)) -> b
 /// A panic in a future polled by a handler that waits (here: a body
 /// read) must not leave the worker capturing wake-ups: what the poll
 /// woke before it panicked runs, and so does what wakes later.
+/// Reads one byte from `socket`, registered as `io`, waiting for the reactor
+/// to say it is readable; says on `waiting` when it first waits.
+async fn read_one_byte(
+    io: &super::super::reactor::ScheduledIo,
+    socket: &mut mio::net::UnixStream,
+    waiting: mpsc::Sender<()>,
+) {
+    use super::super::reactor::READABLE;
+    use std::io::Read;
+
+    let mut told = false;
+    std::future::poll_fn(|cx| loop {
+        match io.poll_ready(cx, READABLE) {
+            Poll::Pending => {
+                if !told {
+                    told = true;
+                    waiting.send(()).unwrap();
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(tick) => match socket.read(&mut [0; 1]) {
+                Ok(_) => return Poll::Ready(()),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    io.clear(READABLE, tick);
+                }
+                Err(err) => panic!("read failed: {err}"),
+            },
+        }
+    })
+    .await
+}
+
 #[test]
 fn a_task_woken_by_a_poll_that_panics_still_runs() {
     let pool = pool(2);
@@ -190,26 +222,7 @@ fn a_worker_ended_by_a_panic_is_counted_out_and_the_reactor_still_polled() {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (waiting_tx, waiting_rx) = mpsc::channel();
     pool.spawn(async move {
-        let mut told = false;
-        std::future::poll_fn(|cx| loop {
-            match io.poll_ready(cx, READABLE) {
-                Poll::Pending => {
-                    if !told {
-                        told = true;
-                        waiting_tx.send(()).unwrap();
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(tick) => match std::io::Read::read(&mut ours, &mut [0; 1]) {
-                    Ok(_) => return Poll::Ready(()),
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        io.clear(READABLE, tick);
-                    }
-                    Err(err) => panic!("read failed: {err}"),
-                },
-            }
-        })
-        .await;
+        read_one_byte(&io, &mut ours, waiting_tx).await;
         ready_tx.send(()).unwrap();
     });
     waiting_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -459,8 +472,7 @@ fn fresh_tasks_take_turns_with_the_queue_and_overflow_behind_it() {
 /// served after a few tasks, not after the whole queue.
 #[test]
 fn an_event_during_a_backlog_is_served_before_the_backlog_ends() {
-    use super::super::reactor::READABLE;
-    use std::io::{Read, Write};
+    use std::io::Write;
 
     const BACKLOG: usize = 200;
     const EVENT: usize = usize::MAX;
@@ -474,26 +486,7 @@ fn an_event_during_a_backlog_is_served_before_the_backlog_ends() {
     let task_pool = pool.clone();
     let task_order = order.clone();
     pool.spawn(async move {
-        let mut told = false;
-        std::future::poll_fn(|cx| loop {
-            match io.poll_ready(cx, READABLE) {
-                Poll::Pending => {
-                    if !told {
-                        told = true;
-                        waiting_tx.send(()).unwrap();
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(tick) => match ours.read(&mut [0; 1]) {
-                    Ok(_) => return Poll::Ready(()),
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        io.clear(READABLE, tick);
-                    }
-                    Err(err) => panic!("read failed: {err}"),
-                },
-            }
-        })
-        .await;
+        read_one_byte(&io, &mut ours, waiting_tx).await;
         task_pool.reactor().deregister(&mut ours, token);
         task_order.lock().unwrap().push(EVENT);
     });
