@@ -153,6 +153,8 @@ pub(crate) struct Sleep {
 }
 
 impl Sleep {
+    /// When it fires (the WebSocket idle and ping timers compare it).
+    #[cfg(feature = "websocket")]
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }

@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 
 use http::{Method, StatusCode, Uri};
 
+use super::access_log::AccessRecord;
 use crate::body::{Body, Request, Response};
 use crate::io::credentials::PeerCredentials;
 use crate::runtime::pool::{Pool, UserCall};
@@ -322,39 +323,6 @@ impl HyperService {
                 http::HeaderValue::from_static("close"),
             );
         }
-    }
-}
-
-/// What the access log says of one request, filled in as it goes.
-struct AccessRecord {
-    peer: Option<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    version: http::Version,
-    started: std::time::Instant,
-    status: StatusCode,
-    /// Response body bytes handed to hyper.
-    bytes: u64,
-}
-
-/// The `log` target of access log lines.
-pub(crate) const ACCESS_LOG_TARGET: &str = "astra::access";
-
-impl Drop for AccessRecord {
-    /// Logged when the response has been handed over in full, or dropped
-    /// (the client went away): the duration covers the whole response.
-    fn drop(&mut self) {
-        let peer = crate::server::connection::Peer(self.peer);
-        log::info!(
-            target: ACCESS_LOG_TARGET,
-            "{peer} \"{} {} {:?}\" {} {} {:.3}ms",
-            self.method,
-            self.uri,
-            self.version,
-            self.status.as_u16(),
-            self.bytes,
-            self.started.elapsed().as_secs_f64() * 1000.0,
-        );
     }
 }
 
