@@ -10,13 +10,13 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::park;
 use super::pool::{Pool, PoolConfig};
 use super::reactor::Reactor;
 use super::sync::{self, thread, Arc, Condvar, Mutex};
-use super::timer::Timer;
+use super::timer::{Sleep, Timer};
 
 /// A flag one thread sets and others wait for.
 struct Latch {
@@ -69,6 +69,17 @@ fn pool(max_workers: usize) -> Pool {
             keep_alive: None,
         },
     )
+}
+
+/// `sleep`, which sets `waiting` once its deadline is with the timers.
+fn sleep_then_set(mut sleep: Sleep, waiting: Arc<Latch>) -> impl Future<Output = ()> {
+    poll_fn(move |cx| {
+        let poll = Pin::new(&mut sleep).poll(cx);
+        if poll.is_pending() {
+            waiting.set();
+        }
+        poll
+    })
 }
 
 /// Explores `f` with loom's default bounds (`LOOM_MAX_PREEMPTIONS` etc. from
@@ -173,7 +184,7 @@ fn a_timer_firing_while_its_waker_is_replaced_wakes_the_new_waker() {
     model(|| {
         let pool = pool(0);
         let timer = Timer(pool.clone());
-        let mut sleep = timer.sleep_until(Instant::now() + Duration::from_secs(3600));
+        let mut sleep = timer.sleep_until(sync::now() + Duration::from_secs(3600));
         let first = Arc::new(CountingWaker::default());
         let second = Arc::new(CountingWaker::default());
         let waker = Waker::from(first.clone());
@@ -475,6 +486,46 @@ fn a_task_queued_at_max_workers_interrupts_the_helper_that_polls() {
                 }
             });
         }
+        done.wait();
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn a_timer_fires_through_whoever_polls() {
+    model(|| {
+        let pool = pool(1);
+        let timer = Timer(pool.clone());
+        let second = Duration::from_secs(1);
+        // A plain thread sleeps on a pool with no worker yet: nobody polls,
+        // so its timer asks for a poller (`ensure_poller` starts a worker).
+        let waiting = Latch::new();
+        let clock = {
+            let (pool, waiting) = (pool.clone(), waiting.clone());
+            thread::spawn(move || {
+                waiting.wait();
+                pool.reactor().advance_clock(second);
+            })
+        };
+        park::block_on(sleep_then_set(
+            timer.sleep_until(sync::now() + second),
+            waiting,
+        ));
+        clock.join().expect("clock");
+        // A task sleeps on the worker, which then polls until the deadline
+        // and fires it.
+        let waiting = Latch::new();
+        let done = Latch::new();
+        {
+            let sleep = timer.sleep_until(sync::now() + second);
+            let (waiting, done) = (waiting.clone(), done.clone());
+            pool.spawn(async move {
+                sleep_then_set(sleep, waiting).await;
+                done.set();
+            });
+        }
+        waiting.wait();
+        pool.reactor().advance_clock(second);
         done.wait();
         shut_down(&pool);
     });

@@ -65,16 +65,20 @@ impl Reactor {
         self.condvar.notify_all();
     }
 
-    /// Waits for `wake_driver`, an injected event, or `timeout` on the model
-    /// clock ([`Reactor::advance_clock`]), then wakes what the events concern.
-    /// Timers are not fired here: the models of timers fire them by hand.
+    /// Waits for `wake_driver`, an injected event, or `timeout` (or the next
+    /// timer's deadline, if sooner) on the model clock
+    /// ([`Reactor::advance_clock`]), then wakes what the events concern and
+    /// the timers that expired, as the real turn does.
     pub(crate) fn turn(
         &self,
         _driver: &mut Driver,
         timeout: Option<Duration>,
         after_poll: impl FnOnce(),
     ) -> usize {
-        let until = timeout.map(|timeout| sync::now() + timeout);
+        // Read before `before_poll` reads it: if the clock moves in between,
+        // this turn ends early (as a real poll may), never late.
+        let start = sync::now();
+        let until = self.timers.before_poll(timeout).map(|t| start + t);
         let mut pending = sync::lock(&self.pending);
         while !pending.woken
             && pending.events.is_empty()
@@ -86,8 +90,12 @@ impl Reactor {
         let events = std::mem::take(&mut pending.events);
         drop(pending);
         after_poll();
-        let woken = events.len();
-        for waker in events {
+        // Timers first, then events, in the real turn's order.
+        let mut wakers = Vec::new();
+        self.timers.after_poll(&mut wakers);
+        wakers.extend(events);
+        let woken = wakers.len();
+        for waker in wakers {
             waker.wake();
         }
         woken
