@@ -26,6 +26,10 @@ struct Pending {
     woken: bool,
     /// Injected events: the wakers they concern.
     events: Vec<Waker>,
+    /// Threads waiting in `turn`.
+    polling: usize,
+    /// A model waits in [`Reactor::wait_for_poller`] (a turn must tell it).
+    watched: bool,
 }
 
 impl Reactor {
@@ -57,12 +61,28 @@ impl Reactor {
         self.condvar.notify_all();
     }
 
+    /// Waits until a thread waits in `turn`.
+    #[cfg(test)]
+    pub(crate) fn wait_for_poller(&self) {
+        let mut pending = sync::lock(&self.pending);
+        pending.watched = true;
+        while pending.polling == 0 {
+            pending = sync::wait(&self.condvar, pending, None);
+        }
+        pending.watched = false;
+    }
+
     /// Moves the model clock (`sync::now`) on by `by`, ending the turns
-    /// whose timeout that passes.
+    /// and the parks whose deadline that passes.
     pub(crate) fn advance_clock(&self, by: Duration) {
-        let _pending = sync::lock(&self.pending);
-        sync::advance_clock(by);
-        self.condvar.notify_all();
+        {
+            let _pending = sync::lock(&self.pending);
+            sync::advance_clock(by);
+            self.condvar.notify_all();
+        }
+        // Not under `pending`: a parker's lock comes first (`unpark` wakes
+        // the driver under it).
+        super::park::model::clock_moved();
     }
 
     /// Waits for `wake_driver`, an injected event, or `timeout` (or the next
@@ -80,12 +100,17 @@ impl Reactor {
         let start = sync::now();
         let until = self.timers.before_poll(timeout).map(|t| start + t);
         let mut pending = sync::lock(&self.pending);
+        pending.polling += 1;
+        if pending.watched {
+            self.condvar.notify_all();
+        }
         while !pending.woken
             && pending.events.is_empty()
             && until.is_none_or(|until| sync::now() < until)
         {
             pending = sync::wait(&self.condvar, pending, None);
         }
+        pending.polling -= 1;
         pending.woken = false;
         let events = std::mem::take(&mut pending.events);
         drop(pending);
