@@ -5,18 +5,20 @@
 //! `RUSTFLAGS="--cfg astra_loom" cargo test --release --lib models`).
 //!
 //! The reactor is `reactor_model.rs`: the same interface, with events a model
-//! injects. What is checked is the pool's protocol around it.
+//! injects and a clock it moves (`Reactor::advance_clock`: turns fire the
+//! timers it passes, parks with a deadline it passes wake). What is checked
+//! is the pool's protocol around it.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::park;
 use super::pool::{Pool, PoolConfig};
 use super::reactor::Reactor;
 use super::sync::{self, thread, Arc, Condvar, Mutex};
-use super::timer::Timer;
+use super::timer::{Sleep, Timer};
 
 /// A flag one thread sets and others wait for.
 struct Latch {
@@ -62,13 +64,25 @@ impl CountingWaker {
 }
 
 fn pool(max_workers: usize) -> Pool {
-    Pool::new(
-        Reactor::new().expect("the model reactor"),
-        PoolConfig {
-            max_workers,
-            keep_alive: None,
-        },
-    )
+    pool_with(PoolConfig {
+        max_workers,
+        keep_alive: None,
+    })
+}
+
+fn pool_with(config: PoolConfig) -> Pool {
+    Pool::new(Reactor::new().expect("the model reactor"), config)
+}
+
+/// `sleep`, which sets `waiting` once its deadline is with the timers.
+fn sleep_then_set(mut sleep: Sleep, waiting: Arc<Latch>) -> impl Future<Output = ()> {
+    poll_fn(move |cx| {
+        let poll = Pin::new(&mut sleep).poll(cx);
+        if poll.is_pending() {
+            waiting.set();
+        }
+        poll
+    })
 }
 
 /// Explores `f` with loom's default bounds (`LOOM_MAX_PREEMPTIONS` etc. from
@@ -238,7 +252,7 @@ fn a_timer_firing_while_its_waker_is_replaced_wakes_the_new_waker() {
     model(|| {
         let pool = pool(0);
         let timer = Timer(pool.clone());
-        let mut sleep = timer.sleep_until(Instant::now() + Duration::from_secs(3600));
+        let mut sleep = timer.sleep_until(sync::now() + Duration::from_secs(3600));
         let first = Arc::new(CountingWaker::default());
         let second = Arc::new(CountingWaker::default());
         let waker = Waker::from(first.clone());
@@ -469,6 +483,142 @@ fn a_task_queued_at_max_workers_interrupts_the_helper_that_polls() {
             });
         }
         done.wait();
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn a_timer_fires_through_whoever_polls() {
+    model(|| {
+        let pool = pool(1);
+        let timer = Timer(pool.clone());
+        let second = Duration::from_secs(1);
+        // A plain thread sleeps on a pool with no worker yet: nobody polls,
+        // so its timer asks for a poller (`ensure_poller` starts a worker).
+        let waiting = Latch::new();
+        let clock = {
+            let (pool, waiting) = (pool.clone(), waiting.clone());
+            thread::spawn(move || {
+                waiting.wait();
+                pool.reactor().advance_clock(second);
+            })
+        };
+        park::block_on(sleep_then_set(
+            timer.sleep_until(sync::now() + second),
+            waiting,
+        ));
+        clock.join().expect("clock");
+        // A task sleeps on the worker, which then polls until the deadline
+        // and fires it.
+        let waiting = Latch::new();
+        let done = Latch::new();
+        {
+            let sleep = timer.sleep_until(sync::now() + second);
+            let (waiting, done) = (waiting.clone(), done.clone());
+            pool.spawn(async move {
+                sleep_then_set(sleep, waiting).await;
+                done.set();
+            });
+        }
+        waiting.wait();
+        pool.reactor().advance_clock(second);
+        done.wait();
+        shut_down(&pool);
+    });
+}
+
+#[test]
+fn an_idle_worker_exits_after_keep_alive_and_one_stays() {
+    let keep_alive = Duration::from_secs(10);
+    let config = move |max_workers| PoolConfig {
+        max_workers,
+        keep_alive: Some(keep_alive),
+    };
+    // Two idle workers: the one parked exits once its keep-alive passes,
+    // the one polling stays and runs what comes.
+    model(move || {
+        let pool = pool_with(config(2));
+        // A handler inside user code: a second worker starts meanwhile.
+        let inside = Latch::new();
+        let release = Latch::new();
+        let done = Latch::new();
+        {
+            let (pool2, inside, release, done) =
+                (pool.clone(), inside.clone(), release.clone(), done.clone());
+            pool.spawn(async move {
+                let call = pool2.call_user(false, move || {
+                    inside.set();
+                    release.wait();
+                });
+                call.await.expect("no panic");
+                done.set();
+            });
+        }
+        inside.wait();
+        release.set();
+        done.wait();
+        // Both are free now: one polls, the other parks until its
+        // keep-alive runs out, which the clock then passes.
+        park::model::wait_for_timed_parks(1);
+        pool.reactor().advance_clock(keep_alive);
+        assert_eq!(pool.wait_for_workers(1), 1, "one worker stays");
+        let ran = Latch::new();
+        {
+            let ran = ran.clone();
+            pool.spawn(async move { ran.set() });
+        }
+        ran.wait();
+        shut_down(&pool);
+    });
+    // The last worker, parked while a thread outside the pool polls, stays
+    // when its keep-alive passes.
+    model(move || {
+        let pool = pool_with(config(1));
+        let inside = Latch::new();
+        let release = Latch::new();
+        {
+            let (pool2, inside, release) = (pool.clone(), inside.clone(), release.clone());
+            pool.spawn(async move {
+                let call = pool2.call_user(true, move || {
+                    inside.set();
+                    release.wait();
+                });
+                call.await.expect("no panic");
+            });
+        }
+        inside.wait();
+        // This thread polls the reactor while it waits for `done` (the only
+        // worker is inside user code); `other` drives the rest.
+        let done: Arc<Mutex<(bool, Option<Waker>)>> = Arc::default();
+        let other = {
+            let (pool, done) = (pool.clone(), done.clone());
+            thread::spawn(move || {
+                pool.reactor().wait_for_poller();
+                // The worker comes back to nothing and parks.
+                release.set();
+                park::model::wait_for_timed_parks(1);
+                pool.reactor().advance_clock(keep_alive);
+                // It parks again instead of leaving.
+                park::model::wait_for_timed_parks(2);
+                let waker = {
+                    let mut done = sync::lock(&done);
+                    done.0 = true;
+                    done.1.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            })
+        };
+        pool.block_on(poll_fn(|cx| {
+            let mut done = sync::lock(&done);
+            if done.0 {
+                return Poll::Ready(());
+            }
+            done.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }));
+        other.join().expect("other");
         shut_down(&pool);
     });
 }

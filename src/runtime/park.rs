@@ -30,19 +30,30 @@ struct ParkState {
     /// The thread waits in this pool's reactor instead (an unpark must
     /// interrupt the poll).
     polling: Option<Pool>,
+    /// Under loom: the wait in `park` has a deadline, which the model clock
+    /// may pass (see [`model`]).
+    #[cfg(astra_loom)]
+    timed: bool,
 }
 
 impl Parker {
     pub(crate) fn new() -> Arc<Parker> {
-        Arc::new(Parker {
+        let parker = Arc::new(Parker {
             state: Mutex::new(ParkState::default()),
             condvar: Condvar::new(),
-        })
+        });
+        #[cfg(astra_loom)]
+        model::register(&parker);
+        parker
     }
 
     /// Waits until unparked or until `deadline` (`None`: no limit). Returns
     /// whether it was unparked, and consumes that.
     pub(crate) fn park(&self, deadline: Option<Instant>) -> bool {
+        #[cfg(astra_loom)]
+        if deadline.is_some() {
+            model::timed_park_begins();
+        }
         let mut state = sync::lock(&self.state);
         loop {
             if state.notified {
@@ -57,6 +68,10 @@ impl Parker {
                 },
             };
             state.waiting = true;
+            #[cfg(astra_loom)]
+            {
+                state.timed = timeout.is_some();
+            }
             state = sync::wait(&self.condvar, state, timeout);
             state.waiting = false;
         }
@@ -107,6 +122,70 @@ impl Wake for Parker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.unpark();
+    }
+}
+
+/// Under loom, what the model clock needs from parkers: loom's waits have no
+/// timeout, so a thread parked until a deadline would sleep on past it.
+/// Every parker is listed here, and [`model::clock_moved`] wakes those
+/// waiting with a deadline, which then read the clock again.
+#[cfg(astra_loom)]
+pub(crate) mod model {
+    use std::sync::Weak;
+
+    use super::{sync, Arc, Condvar, Mutex, Parker};
+
+    #[derive(Default)]
+    struct Parkers {
+        /// Every parker made in this run of a model.
+        all: Vec<Weak<Parker>>,
+        /// Parks with a deadline begun.
+        timed_parks: usize,
+    }
+
+    loom::lazy_static! {
+        static ref PARKERS: Mutex<Parkers> = Mutex::new(Parkers::default());
+        static ref TIMED_CHANGED: Condvar = Condvar::new();
+    }
+
+    pub(super) fn register(parker: &Arc<Parker>) {
+        sync::lock(&PARKERS).all.push(Arc::downgrade(parker));
+    }
+
+    /// Counts a park with a deadline, before `park` reads the clock: a
+    /// model that sees the count and then moves the clock moves it past a
+    /// deadline already set.
+    pub(super) fn timed_park_begins() {
+        sync::lock(&PARKERS).timed_parks += 1;
+        TIMED_CHANGED.notify_all();
+    }
+
+    /// The model clock has moved: wakes every parker waiting with a
+    /// deadline. Each is woken under its own lock after the clock moved,
+    /// so a thread that read the old time is already waiting by then, and
+    /// one that reads it later sees the new time.
+    pub(crate) fn clock_moved() {
+        let parkers: Vec<Arc<Parker>> = {
+            let mut parkers = sync::lock(&PARKERS);
+            parkers.all.retain(|parker| parker.strong_count() > 0);
+            parkers.all.iter().filter_map(Weak::upgrade).collect()
+        };
+        for parker in parkers {
+            let state = sync::lock(&parker.state);
+            if state.waiting && state.timed {
+                drop(state);
+                parker.condvar.notify_all();
+            }
+        }
+    }
+
+    /// Waits until `n` parks with a deadline have begun in this run.
+    #[cfg(test)]
+    pub(crate) fn wait_for_timed_parks(n: usize) {
+        let mut parkers = sync::lock(&PARKERS);
+        while parkers.timed_parks < n {
+            parkers = sync::wait(&TIMED_CHANGED, parkers, None);
+        }
     }
 }
 

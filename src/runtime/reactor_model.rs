@@ -26,6 +26,10 @@ struct Pending {
     woken: bool,
     /// Injected events: the wakers they concern.
     events: Vec<Waker>,
+    /// Threads waiting in `turn`.
+    polling: usize,
+    /// A model waits in [`Reactor::wait_for_poller`] (a turn must tell it).
+    watched: bool,
     /// Turns begun so far that end at a deadline on the model clock.
     timed_turns: usize,
 }
@@ -59,8 +63,20 @@ impl Reactor {
         self.condvar.notify_all();
     }
 
+    /// Waits until a thread waits in `turn`.
+    #[cfg(test)]
+    pub(crate) fn wait_for_poller(&self) {
+        let mut pending = sync::lock(&self.pending);
+        pending.watched = true;
+        while pending.polling == 0 {
+            pending = sync::wait(&self.condvar, pending, None);
+        }
+        pending.watched = false;
+    }
+
     /// Waits until some thread has begun a turn that ends at a deadline: a
     /// model's way to know that a thread with a deadline took the poll.
+    #[cfg(test)]
     pub(crate) fn wait_for_timed_turn(&self) {
         let mut pending = sync::lock(&self.pending);
         while pending.timed_turns == 0 {
@@ -69,43 +85,58 @@ impl Reactor {
     }
 
     /// Moves the model clock (`sync::now`) on by `by`, ending the turns
-    /// whose timeout that passes.
+    /// and the parks whose deadline that passes.
     pub(crate) fn advance_clock(&self, by: Duration) {
-        let _pending = sync::lock(&self.pending);
-        sync::advance_clock(by);
-        self.condvar.notify_all();
+        {
+            let _pending = sync::lock(&self.pending);
+            sync::advance_clock(by);
+            self.condvar.notify_all();
+        }
+        // Not under `pending`: a parker's lock comes first (`unpark` wakes
+        // the driver under it).
+        super::park::model::clock_moved();
     }
 
-    /// Waits for `wake_driver`, an injected event, or `timeout` on the model
-    /// clock ([`Reactor::advance_clock`]), then wakes what the events concern.
-    /// Timers are not fired here: the models of timers fire them by hand.
+    /// Waits for `wake_driver`, an injected event, or `timeout` (or the next
+    /// timer's deadline, if sooner) on the model clock
+    /// ([`Reactor::advance_clock`]), then wakes what the events concern and
+    /// the timers that expired, as the real turn does.
     pub(crate) fn turn(
         &self,
         _driver: &mut Driver,
         timeout: Option<Duration>,
         after_poll: impl FnOnce(),
     ) -> usize {
-        let until = timeout
-            .filter(|timeout| !timeout.is_zero())
-            .map(|timeout| sync::now() + timeout);
+        // Read before `before_poll` reads it: if the clock moves in between,
+        // this turn ends early (as a real poll may), never late.
+        let start = sync::now();
+        let until = self.timers.before_poll(timeout).map(|t| start + t);
         let mut pending = sync::lock(&self.pending);
-        if until.is_some() {
+        pending.polling += 1;
+        let timed = until.is_some_and(|until| until > start);
+        if timed {
             pending.timed_turns += 1;
+        }
+        if pending.watched || timed {
             self.condvar.notify_all();
         }
         while !pending.woken
-            && timeout != Some(Duration::ZERO)
             && pending.events.is_empty()
             && until.is_none_or(|until| sync::now() < until)
         {
             pending = sync::wait(&self.condvar, pending, None);
         }
+        pending.polling -= 1;
         pending.woken = false;
         let events = std::mem::take(&mut pending.events);
         drop(pending);
         after_poll();
-        let woken = events.len();
-        for waker in events {
+        // Timers first, then events, in the real turn's order.
+        let mut wakers = Vec::new();
+        self.timers.after_poll(&mut wakers);
+        wakers.extend(events);
+        let woken = wakers.len();
+        for waker in wakers {
             waker.wake();
         }
         woken

@@ -49,8 +49,9 @@ pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
 /// Waits on `condvar` for at most `timeout` (`None`: no limit). Spurious
 /// wake-ups happen; callers re-check their condition.
 ///
-/// loom has no clock: under it the wait has no limit, so models must not
-/// rely on a timeout firing.
+/// loom has no clock: under it the wait has no limit. The waits for a
+/// deadline on the model clock ([`now`]), `Parker::park`'s and the model
+/// reactor's turn, are woken when that clock moves (see `park::model`).
 pub(crate) fn wait<'a, T>(
     condvar: &Condvar,
     guard: MutexGuard<'a, T>,
@@ -90,7 +91,8 @@ loom::lazy_static! {
     static ref MODEL_CLOCK: AtomicU64 = AtomicU64::new(0);
 }
 
-/// Moves the model clock on by `by`.
+/// Moves the model clock on by `by`. Models call `Reactor::advance_clock`,
+/// which also wakes the threads waiting for a deadline.
 #[cfg(astra_loom)]
 pub(crate) fn advance_clock(by: Duration) {
     MODEL_CLOCK.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);

@@ -5,6 +5,9 @@
 //! towards interrupts it. Entries live in a `BTreeMap` keyed by deadline, so a
 //! timer dropped before it fires (the common case: a request head arrived in
 //! time) is removed at once and thousands of pending deadlines stay cheap.
+//!
+//! The time is `sync::now()`: under loom, the models' clock, so that a
+//! deadline passes where a model says and the model reactor fires it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -45,7 +48,7 @@ impl Timers {
     /// Called by the poller before it blocks: how long it may wait, given that
     /// it would otherwise wait `timeout`. Records the deadline it will wake at.
     pub(crate) fn before_poll(&self, timeout: Option<Duration>) -> Option<Duration> {
-        let now = Instant::now();
+        let now = sync::now();
         let mut state = self.lock();
         let next = state.entries.keys().next().map(|(deadline, _)| *deadline);
         let wake_at = match (next, timeout.map(|t| now + t)) {
@@ -58,7 +61,7 @@ impl Timers {
 
     /// Called by the poller after `poll` returns: wakes every expired timer.
     pub(crate) fn after_poll(&self, wakers: &mut Vec<Waker>) {
-        self.fire_due(Instant::now(), wakers);
+        self.fire_due(sync::now(), wakers);
     }
 
     /// Fires every timer due at `now`.
@@ -92,10 +95,10 @@ impl Timers {
         self.lock().entries.remove(key);
     }
 
-    /// Fires every timer, due or not (loom has no clock).
+    /// Fires every timer, due or not, whatever the model clock says.
     #[cfg(astra_loom)]
     pub(crate) fn fire_all(&self, wakers: &mut Vec<Waker>) {
-        self.fire_due(Instant::now() + Duration::from_secs(1 << 30), wakers);
+        self.fire_due(sync::now() + Duration::from_secs(1 << 30), wakers);
     }
 
     #[cfg(test)]
@@ -133,7 +136,7 @@ impl Timer {
 
 impl hyper::rt::Timer for Timer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.sleep_until(Instant::now() + duration))
+        Box::pin(self.sleep_until(sync::now() + duration))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -199,7 +202,7 @@ impl Future for Sleep {
         // Once registered, only the timers decide (no clock read per poll: a
         // connection polls its deadline on every wake-up).
         let expired = self.entry.fired.load(Ordering::Acquire)
-            || (self.key.is_none() && Instant::now() >= self.deadline);
+            || (self.key.is_none() && sync::now() >= self.deadline);
         if expired {
             self.unregister();
             return Poll::Ready(());

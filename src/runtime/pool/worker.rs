@@ -186,7 +186,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
         state.idle.push(parker.clone());
         shared.publish(&state);
         drop(state);
-        let deadline = shared.config.keep_alive.map(|k| Instant::now() + k);
+        let deadline = shared.config.keep_alive.map(|k| sync::now() + k);
         if parker.park(deadline) {
             continue;
         }
@@ -232,5 +232,17 @@ impl Drop for WorkerUnwind<'_> {
         shared.exited.notify_all();
         let start = shared.hand_off(&mut state);
         shared.unlock_then_start(state, start);
+    }
+}
+
+/// For the models: waits until at most `live` workers are left.
+#[cfg(all(test, astra_loom))]
+impl Pool {
+    pub(crate) fn wait_for_workers(&self, live: usize) -> usize {
+        let mut state = self.0.lock();
+        while state.workers > live {
+            state = sync::wait(&self.0.exited, state, None);
+        }
+        state.workers
     }
 }
