@@ -52,7 +52,7 @@ mod worker;
 pub(crate) use handoff::Waiter;
 use handoff::*;
 use user::CallSlot;
-pub(crate) use user::{call_inline, call_user_here, poll_and_help, user_section, UserCall};
+pub(crate) use user::{call_user_here, poll_and_help, user_section, UserCall};
 use worker::*;
 
 /// A unit of work that runs user code (a handler call, a body read).
@@ -316,9 +316,14 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        if may_inline && self.runs_inline() {
-            return UserCall::Ready(Some(call_inline(f)));
-        }
+        let f = if may_inline {
+            match self.try_inline(f) {
+                Ok(output) => return UserCall::Ready(Some(output)),
+                Err(f) => f,
+            }
+        } else {
+            f
+        };
         self.queue_user(f, Place::Next { from_a_task: true })
     }
 
@@ -373,11 +378,21 @@ impl Pool {
         UserCall::Queued(slot)
     }
 
-    /// Whether `call_user(true, ..)` would run its code inline: on one of this
-    /// pool's workers, outside user code.
-    pub(crate) fn runs_inline(&self) -> bool {
-        with_context(|cx| {
-            cx.is_some_and(|cx| Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get())
+    /// Runs user code `f` right here, as `call_user(true, ..)` does, catching
+    /// its panic, if this thread is one of this pool's workers outside user
+    /// code; otherwise hands `f` back unrun. A caller with large arguments
+    /// passes a closure over references to them: what the closure captures
+    /// is copied on its way into `catch_unwind`.
+    pub(crate) fn try_inline<T, F>(&self, f: F) -> Result<std::thread::Result<T>, F>
+    where
+        F: FnOnce() -> T,
+    {
+        // One look-up of the thread's context, for the check and the section.
+        CONTEXT.with(|cell| match cell.get() {
+            Some(cx) if Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get() => {
+                Ok(cx.user_section(|| catch_unwind(AssertUnwindSafe(f))))
+            }
+            _ => Err(f),
         })
     }
 

@@ -93,40 +93,31 @@ where
     UserCall::Ready(Some(catch_unwind(AssertUnwindSafe(f))))
 }
 
-/// Runs user code on this thread, as `call_user` does where
-/// [`Pool::runs_inline`] holds, catching its panic. A caller with large
-/// arguments passes a closure over references to them: what the closure
-/// captures is copied on its way into `catch_unwind`.
-pub(crate) fn call_inline<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
-    user_section(|| catch_unwind(AssertUnwindSafe(f)))
-}
-
 /// Runs `f`, user code that may block for a long time, counting the current
 /// worker as inside user code meanwhile (see the module docs). Outside a
 /// worker, or nested, just runs `f`.
 pub(crate) fn user_section<R>(f: impl FnOnce() -> R) -> R {
-    let shared = with_context(|cx| match cx {
-        Some(cx) if !cx.in_user.get() => {
-            cx.in_user.set(true);
-            Some(cx.shared.clone())
+    // One look-up of the thread's context for the whole section: `f` runs
+    // inside `with`, which nested look-ups (user code queueing work) allow.
+    CONTEXT.with(|cell| match cell.get() {
+        Some(cx) if !cx.in_user.get() => cx.user_section(f),
+        _ => f(),
+    })
+}
+
+impl Context {
+    /// [`user_section`] on this worker, which is not inside user code.
+    pub(super) fn user_section<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Exit<'a>(&'a Context);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                self.0.shared.exit_user();
+                self.0.in_user.set(false);
+            }
         }
-        _ => None,
-    });
-    let Some(shared) = shared else {
-        return f();
-    };
-    shared.enter_user();
-    struct Exit(Arc<Shared>);
-    impl Drop for Exit {
-        fn drop(&mut self) {
-            self.0.exit_user();
-            with_context(|cx| {
-                if let Some(cx) = cx {
-                    cx.in_user.set(false);
-                }
-            });
-        }
+        self.in_user.set(true);
+        self.shared.enter_user();
+        let _exit = Exit(self);
+        f()
     }
-    let _exit = Exit(shared);
-    f()
 }
