@@ -8,21 +8,78 @@ use super::*;
 pub(crate) enum UserCall<T> {
     /// Ran inline; `None` once taken.
     Ready(Option<std::thread::Result<T>>),
-    /// Runs as a job and leaves its result here.
-    Queued(Arc<Mutex<CallSlot<T>>>),
+    /// Runs as a job, which leaves its result in its own allocation.
+    Queued(Arc<dyn CallOutput<T>>),
 }
 
-pub(crate) struct CallSlot<T> {
-    pub(super) output: Option<std::thread::Result<T>>,
-    pub(super) waker: Option<Waker>,
+/// Where a queued call leaves its output for the caller's future.
+pub(crate) trait CallOutput<T>: Send + Sync {
+    /// The output once the user code has run; until then `None`, and
+    /// `waker` is woken when it has.
+    fn poll_output(&self, waker: &Waker) -> Option<std::thread::Result<T>>;
 }
 
-impl<T> Default for CallSlot<T> {
-    fn default() -> Self {
-        CallSlot {
-            output: None,
-            waker: None,
+/// A queued call: the user code, then its output. One allocation, shared
+/// by the job in the queue and the caller's [`UserCall`].
+pub(super) struct CallJob<T, F> {
+    state: Mutex<CallState<T, F>>,
+}
+
+struct CallState<T, F> {
+    /// The user code, until a worker takes it.
+    f: Option<F>,
+    output: Option<std::thread::Result<T>>,
+    waker: Option<Waker>,
+}
+
+impl<T, F> CallJob<T, F> {
+    pub(super) fn new(f: F) -> CallJob<T, F> {
+        CallJob {
+            state: Mutex::new(CallState {
+                f: Some(f),
+                output: None,
+                waker: None,
+            }),
         }
+    }
+}
+
+impl<T, F> RunJob for CallJob<T, F>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    fn run(&self) {
+        let Some(f) = sync::lock(&self.state).f.take() else {
+            return;
+        };
+        let output = user_section(|| catch_unwind(AssertUnwindSafe(f)));
+        let waker = {
+            let mut state = sync::lock(&self.state);
+            state.output = Some(output);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T, F> CallOutput<T> for CallJob<T, F>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    fn poll_output(&self, waker: &Waker) -> Option<std::thread::Result<T>> {
+        let mut state = sync::lock(&self.state);
+        if let Some(output) = state.output.take() {
+            return Some(output);
+        }
+        match &mut state.waker {
+            Some(old) if old.will_wake(waker) => {}
+            old => *old = Some(waker.clone()),
+        }
+        None
     }
 }
 
@@ -37,17 +94,10 @@ impl<T> Future for UserCall<T> {
                 Some(output) => Poll::Ready(output),
                 None => Poll::Pending,
             },
-            UserCall::Queued(slot) => {
-                let mut slot = sync::lock(slot);
-                if let Some(output) = slot.output.take() {
-                    return Poll::Ready(output);
-                }
-                match &mut slot.waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    waker => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
+            UserCall::Queued(call) => match call.poll_output(cx.waker()) {
+                Some(output) => Poll::Ready(output),
+                None => Poll::Pending,
+            },
         }
     }
 }

@@ -66,7 +66,7 @@ pub(super) fn run(cx: Option<&Context>, runnable: Runnable) {
             }
             outcome.is_err()
         }
-        Runnable::Job(job) => catch_unwind(AssertUnwindSafe(job)).is_err(),
+        Runnable::Job(job) => catch_unwind(AssertUnwindSafe(|| job.run())).is_err(),
     };
     if escaped {
         // Reporting it may panic again, for the same reason.
