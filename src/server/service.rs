@@ -267,7 +267,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
         });
         // SAFETY: initialised by the `write` just above.
         let mut pending: Box<Pending> = unsafe { pending.assume_init() };
-        if may_inline && self.pool.runs_inline() {
+        let mut request = Some(request);
+        if may_inline {
             // The handler's response is written straight into the box that
             // hyper will poll, and the request is only borrowed by the
             // closure: a response or request passed by value through the
@@ -276,28 +277,32 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             let Call::Done(outcome) = &mut pending.call else {
                 unreachable!("built as Done above")
             };
-            let mut request = Some(request);
-            let caught = crate::runtime::pool::call_inline(|| {
+            let inline = self.pool.try_inline(|| {
                 let request = self.user_request(request.take().expect("called once"));
                 *outcome = Some(Ok(self.service.call_shared(request, self.info.clone())));
             });
-            match caught {
-                Ok(()) => {
+            match inline {
+                Ok(Ok(())) => {
                     if let Some(Ok(response)) = outcome {
                         self.close_if_shutting_down(response);
                     }
+                    return PendingResponse(pending);
                 }
-                Err(panic) => *outcome = Some(Err(panic)),
+                Ok(Err(panic)) => {
+                    *outcome = Some(Err(panic));
+                    return PendingResponse(pending);
+                }
+                // Not on a worker free to run it: queued below.
+                Err(_) => {}
             }
-        } else {
-            let request = self.user_request(request);
-            let service = self.service.clone();
-            let info = self.info.clone();
-            pending.call = Call::Queued(
-                self.pool
-                    .call_user(false, move || service.call_shared(request, info)),
-            );
         }
+        let request = self.user_request(request.take().expect("the handler has not run"));
+        let service = self.service.clone();
+        let info = self.info.clone();
+        pending.call = Call::Queued(
+            self.pool
+                .call_user(false, move || service.call_shared(request, info)),
+        );
         PendingResponse(pending)
     }
 }

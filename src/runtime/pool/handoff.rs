@@ -335,7 +335,7 @@ pub(super) fn run_for_pool(shared: &Arc<Shared>, runnable: Runnable) {
     match runnable {
         Runnable::Task(_) => {
             let _helping = HelpingMark::set(shared);
-            run(runnable);
+            with_context(|cx| run(cx, runnable));
         }
         Runnable::Job(_) => Pool(shared.clone()).push(runnable, Place::Back),
     }

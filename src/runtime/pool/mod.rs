@@ -11,7 +11,7 @@
 //! Liveness rests on one rule, applied at the moment things change and never
 //! on a clock: **while any worker is inside user code, some other thread can
 //! take the I/O role.** A worker counts as inside user code from
-//! [`user_section`]'s start to its end (a handler, a response-body read);
+//! `user_section`'s start to its end (a handler, a response-body read);
 //! entering it while no other worker is free and awake hands the role on at
 //! once: to a parked worker, else to a new one (started outside the lock), else,
 //! at `max_workers`, to a handler that is waiting for its request body, which
@@ -51,12 +51,20 @@ mod worker;
 
 pub(crate) use handoff::Waiter;
 use handoff::*;
-use user::CallSlot;
-pub(crate) use user::{call_inline, call_user_here, poll_and_help, user_section, UserCall};
+use user::CallJob;
+pub(crate) use user::{call_user_here, poll_and_help, UserCall};
 use worker::*;
 
-/// A unit of work that runs user code (a handler call, a body read).
-pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A unit of work that runs user code (a handler call, a body read): a
+/// queued call, which leaves its output in the same allocation.
+pub(crate) type Job = Arc<dyn RunJob>;
+
+/// What a worker does with a [`Job`].
+pub(crate) trait RunJob: Send + Sync {
+    /// Runs the user code and leaves its output for the caller; once (a
+    /// second call does nothing).
+    fn run(&self);
+}
 
 /// Pool settings.
 #[derive(Clone, Debug)]
@@ -316,9 +324,14 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        if may_inline && self.runs_inline() {
-            return UserCall::Ready(Some(call_inline(f)));
-        }
+        let f = if may_inline {
+            match self.try_inline(f) {
+                Ok(output) => return UserCall::Ready(Some(output)),
+                Err(f) => f,
+            }
+        } else {
+            f
+        };
         self.queue_user(f, Place::Next { from_a_task: true })
     }
 
@@ -356,28 +369,26 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let slot: Arc<Mutex<CallSlot<T>>> = Arc::new(Mutex::new(CallSlot::default()));
-        let job_slot = slot.clone();
-        let job = Box::new(move || {
-            let output = user_section(|| catch_unwind(AssertUnwindSafe(f)));
-            let waker = {
-                let mut slot = sync::lock(&job_slot);
-                slot.output = Some(output);
-                slot.waker.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        });
-        self.push(Runnable::Job(job), place);
-        UserCall::Queued(slot)
+        let call = Arc::new(CallJob::new(f));
+        self.push(Runnable::Job(call.clone()), place);
+        UserCall::Queued(call)
     }
 
-    /// Whether `call_user(true, ..)` would run its code inline: on one of this
-    /// pool's workers, outside user code.
-    pub(crate) fn runs_inline(&self) -> bool {
-        with_context(|cx| {
-            cx.is_some_and(|cx| Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get())
+    /// Runs user code `f` right here, as `call_user(true, ..)` does, catching
+    /// its panic, if this thread is one of this pool's workers outside user
+    /// code; otherwise hands `f` back unrun. A caller with large arguments
+    /// passes a closure over references to them: what the closure captures
+    /// is copied on its way into `catch_unwind`.
+    pub(crate) fn try_inline<T, F>(&self, f: F) -> Result<std::thread::Result<T>, F>
+    where
+        F: FnOnce() -> T,
+    {
+        // One look-up of the thread's context, for the check and the section.
+        CONTEXT.with(|cell| match cell.get() {
+            Some(cx) if Arc::ptr_eq(&cx.shared, &self.0) && !cx.in_user.get() => {
+                Ok(cx.user_section(|| catch_unwind(AssertUnwindSafe(f))))
+            }
+            _ => Err(f),
         })
     }
 

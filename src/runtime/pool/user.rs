@@ -8,21 +8,78 @@ use super::*;
 pub(crate) enum UserCall<T> {
     /// Ran inline; `None` once taken.
     Ready(Option<std::thread::Result<T>>),
-    /// Runs as a job and leaves its result here.
-    Queued(Arc<Mutex<CallSlot<T>>>),
+    /// Runs as a job, which leaves its result in its own allocation.
+    Queued(Arc<dyn CallOutput<T>>),
 }
 
-pub(crate) struct CallSlot<T> {
-    pub(super) output: Option<std::thread::Result<T>>,
-    pub(super) waker: Option<Waker>,
+/// Where a queued call leaves its output for the caller's future.
+pub(crate) trait CallOutput<T>: Send + Sync {
+    /// The output once the user code has run; until then `None`, and
+    /// `waker` is woken when it has.
+    fn poll_output(&self, waker: &Waker) -> Option<std::thread::Result<T>>;
 }
 
-impl<T> Default for CallSlot<T> {
-    fn default() -> Self {
-        CallSlot {
-            output: None,
-            waker: None,
+/// A queued call: the user code, then its output. One allocation, shared
+/// by the job in the queue and the caller's [`UserCall`].
+pub(super) struct CallJob<T, F> {
+    state: Mutex<CallState<T, F>>,
+}
+
+struct CallState<T, F> {
+    /// The user code, until a worker takes it.
+    f: Option<F>,
+    output: Option<std::thread::Result<T>>,
+    waker: Option<Waker>,
+}
+
+impl<T, F> CallJob<T, F> {
+    pub(super) fn new(f: F) -> CallJob<T, F> {
+        CallJob {
+            state: Mutex::new(CallState {
+                f: Some(f),
+                output: None,
+                waker: None,
+            }),
         }
+    }
+}
+
+impl<T, F> RunJob for CallJob<T, F>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    fn run(&self) {
+        let Some(f) = sync::lock(&self.state).f.take() else {
+            return;
+        };
+        let output = user_section(|| catch_unwind(AssertUnwindSafe(f)));
+        let waker = {
+            let mut state = sync::lock(&self.state);
+            state.output = Some(output);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T, F> CallOutput<T> for CallJob<T, F>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    fn poll_output(&self, waker: &Waker) -> Option<std::thread::Result<T>> {
+        let mut state = sync::lock(&self.state);
+        if let Some(output) = state.output.take() {
+            return Some(output);
+        }
+        match &mut state.waker {
+            Some(old) if old.will_wake(waker) => {}
+            old => *old = Some(waker.clone()),
+        }
+        None
     }
 }
 
@@ -37,17 +94,10 @@ impl<T> Future for UserCall<T> {
                 Some(output) => Poll::Ready(output),
                 None => Poll::Pending,
             },
-            UserCall::Queued(slot) => {
-                let mut slot = sync::lock(slot);
-                if let Some(output) = slot.output.take() {
-                    return Poll::Ready(output);
-                }
-                match &mut slot.waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    waker => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
+            UserCall::Queued(call) => match call.poll_output(cx.waker()) {
+                Some(output) => Poll::Ready(output),
+                None => Poll::Pending,
+            },
         }
     }
 }
@@ -93,40 +143,31 @@ where
     UserCall::Ready(Some(catch_unwind(AssertUnwindSafe(f))))
 }
 
-/// Runs user code on this thread, as `call_user` does where
-/// [`Pool::runs_inline`] holds, catching its panic. A caller with large
-/// arguments passes a closure over references to them: what the closure
-/// captures is copied on its way into `catch_unwind`.
-pub(crate) fn call_inline<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
-    user_section(|| catch_unwind(AssertUnwindSafe(f)))
-}
-
 /// Runs `f`, user code that may block for a long time, counting the current
 /// worker as inside user code meanwhile (see the module docs). Outside a
 /// worker, or nested, just runs `f`.
 pub(crate) fn user_section<R>(f: impl FnOnce() -> R) -> R {
-    let shared = with_context(|cx| match cx {
-        Some(cx) if !cx.in_user.get() => {
-            cx.in_user.set(true);
-            Some(cx.shared.clone())
+    // One look-up of the thread's context for the whole section: `f` runs
+    // inside `with`, which nested look-ups (user code queueing work) allow.
+    CONTEXT.with(|cell| match cell.get() {
+        Some(cx) if !cx.in_user.get() => cx.user_section(f),
+        _ => f(),
+    })
+}
+
+impl Context {
+    /// [`user_section`] on this worker, which is not inside user code.
+    pub(super) fn user_section<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Exit<'a>(&'a Context);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                self.0.shared.exit_user();
+                self.0.in_user.set(false);
+            }
         }
-        _ => None,
-    });
-    let Some(shared) = shared else {
-        return f();
-    };
-    shared.enter_user();
-    struct Exit(Arc<Shared>);
-    impl Drop for Exit {
-        fn drop(&mut self) {
-            self.0.exit_user();
-            with_context(|cx| {
-                if let Some(cx) = cx {
-                    cx.in_user.set(false);
-                }
-            });
-        }
+        self.in_user.set(true);
+        self.shared.enter_user();
+        let _exit = Exit(self);
+        f()
     }
-    let _exit = Exit(shared);
-    f()
 }

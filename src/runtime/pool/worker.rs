@@ -53,15 +53,20 @@ pub(super) fn should_yield(runnable: usize, standing_aside: usize) -> bool {
 /// future's, a job its user code's (`call_user`); what is caught here came
 /// from around them (a `log` backend that panics while a panic is being
 /// reported, say), and must not end the thread the pool counts on.
-pub(super) fn run(runnable: Runnable) {
+/// `cx` is this thread's context, if it is a worker.
+pub(super) fn run(cx: Option<&Context>, runnable: Runnable) {
     let escaped = match runnable {
         Runnable::Task(task) => {
-            set_in_task(true);
+            if let Some(cx) = cx {
+                cx.in_task.set(true);
+            }
             let outcome = catch_unwind(AssertUnwindSafe(|| task.run()));
-            set_in_task(false);
+            if let Some(cx) = cx {
+                cx.in_task.set(false);
+            }
             outcome.is_err()
         }
-        Runnable::Job(job) => catch_unwind(AssertUnwindSafe(job)).is_err(),
+        Runnable::Job(job) => catch_unwind(AssertUnwindSafe(|| job.run())).is_err(),
     };
     if escaped {
         // Reporting it may panic again, for the same reason.
@@ -82,22 +87,6 @@ pub(super) fn enter(shared: &Arc<Shared>) {
     });
 }
 
-pub(super) fn set_in_task(value: bool) {
-    with_context(|cx| {
-        if let Some(cx) = cx {
-            cx.in_task.set(value);
-        }
-    });
-}
-
-pub(super) fn take_lifo() -> Option<Runnable> {
-    with_context(|cx| cx.and_then(|cx| cx.lifo.borrow_mut().take()))
-}
-
-pub(super) fn lifo_is_empty() -> bool {
-    with_context(|cx| cx.is_none_or(|cx| cx.lifo.borrow().is_none()))
-}
-
 pub(super) fn worker_main(shared: Arc<Shared>) {
     let parker = Parker::new();
     enter(&shared);
@@ -105,6 +94,14 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
         shared: &shared,
         parker: &parker,
     };
+    // The loop runs inside one look-up of the context it reads every pass.
+    CONTEXT.with(|cell| {
+        let cx = cell.get().expect("entered just above");
+        worker_loop(&shared, &parker, cx);
+    });
+}
+
+fn worker_loop(shared: &Arc<Shared>, parker: &Arc<Parker>, cx: &Context) {
     // Alternate between the two queues so neither starves the other.
     let mut prefer_jobs = false;
     let mut lifo_streak = 0;
@@ -115,7 +112,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
     let mut taken_since_poll: u32 = 0;
     loop {
         passes_unchecked = passes_unchecked.saturating_add(1);
-        if passes_unchecked >= YIELD_CHECK_EVERY && lifo_is_empty() {
+        if passes_unchecked >= YIELD_CHECK_EVERY && cx.lifo.borrow().is_none() {
             passes_unchecked = 0;
             if shared.others_waiting() {
                 // Another free worker can carry on, so this CPU can go to
@@ -131,10 +128,12 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
                 shared.standing_aside.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        if let Some(runnable) = take_lifo() {
+        // Taken out first: the task it runs may fill the slot again.
+        let next = cx.lifo.borrow_mut().take();
+        if let Some(runnable) = next {
             if lifo_streak < LIFO_BUDGET {
                 lifo_streak += 1;
-                run(runnable);
+                run(Some(cx), runnable);
                 continue;
             }
             // Let queued work in before this chain goes on.
@@ -162,7 +161,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
                 drop(driver);
                 Pool(shared.clone()).push_all(woken, Place::Fresh);
             }
-            run(runnable);
+            run(Some(cx), runnable);
             continue;
         }
         if state.shutdown {
@@ -176,7 +175,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
                 shared.set_polling(&mut state, Polling::Worker);
                 drop(state);
                 taken_since_poll = 0;
-                let mut role = PollerRole::worker(&shared);
+                let mut role = PollerRole::worker(shared);
                 let woken = turn_collecting(&shared.reactor, &mut driver, None, || role.release());
                 drop(driver);
                 Pool(shared.clone()).push_all(woken, Place::Next { from_a_task: false });
@@ -191,7 +190,7 @@ pub(super) fn worker_main(shared: Arc<Shared>) {
             continue;
         }
         let mut state = shared.lock();
-        let Some(at) = state.idle.iter().position(|p| Arc::ptr_eq(p, &parker)) else {
+        let Some(at) = state.idle.iter().position(|p| Arc::ptr_eq(p, parker)) else {
             // Woken (taken off the list) just as the wait timed out.
             parker.take();
             continue;
