@@ -879,3 +879,26 @@ fn tls_works_over_a_unix_socket() {
     common::join_within(serving, Duration::from_secs(10), "serve")
         .expect("serve returns Ok after a graceful shutdown");
 }
+
+/// A polite TLS close after the last response: close_notify, then FIN. The
+/// connection ended as the client meant it to, and counts as `Done`, not
+/// `ClientGone`.
+#[test]
+fn a_close_notify_after_the_last_response_counts_as_done() {
+    let pki = Pki::new("close-notify");
+    let issued = pki.server("server", &["localhost"]);
+    let server = common::start(common::server().tls(tls_config(&issued)), describe);
+    let (addr, handle) = (server.addr(), server.handle());
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = TlsClient::connect(addr, pki.client_config(), name).unwrap();
+    assert!(client.get("/").unwrap().starts_with("version="));
+    client.tls.conn.send_close_notify();
+    while client.tls.conn.wants_write() {
+        client.tls.conn.write_tls(&mut client.tls.sock).unwrap();
+    }
+    client.tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let stats = common::wait_for_stats(handle, "the connection is counted closed", |stats| {
+        stats.closed.iter().map(|(_, n)| n).sum::<u64>() == 1
+    });
+    assert_eq!(stats.closed_for(astra::CloseReason::Done), 1, "{stats:?}");
+}
