@@ -4,6 +4,7 @@
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -202,35 +203,11 @@ impl Accepting {
     }
 }
 
-impl mio::event::Source for Accepting {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        match &mut self.socket {
-            AcceptingSocket::Tcp(listener) => listener.register(registry, token, interests),
-            AcceptingSocket::Unix(listener) => listener.register(registry, token, interests),
-        }
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        match &mut self.socket {
-            AcceptingSocket::Tcp(listener) => listener.reregister(registry, token, interests),
-            AcceptingSocket::Unix(listener) => listener.reregister(registry, token, interests),
-        }
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        match &mut self.socket {
-            AcceptingSocket::Tcp(listener) => listener.deregister(registry),
-            AcceptingSocket::Unix(listener) => listener.deregister(registry),
+impl AsRawFd for Accepting {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.socket {
+            AcceptingSocket::Tcp(listener) => listener.as_raw_fd(),
+            AcceptingSocket::Unix(listener) => listener.as_raw_fd(),
         }
     }
 }

@@ -52,39 +52,6 @@ impl AsRawFd for Stream {
     }
 }
 
-impl mio::event::Source for Stream {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        match self {
-            Stream::Tcp(stream) => stream.register(registry, token, interests),
-            Stream::Unix(stream) => stream.register(registry, token, interests),
-        }
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        match self {
-            Stream::Tcp(stream) => stream.reregister(registry, token, interests),
-            Stream::Unix(stream) => stream.reregister(registry, token, interests),
-        }
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        match self {
-            Stream::Tcp(stream) => stream.deregister(registry),
-            Stream::Unix(stream) => stream.deregister(registry),
-        }
-    }
-}
-
 /// A stream socket registered with a pool's reactor for its whole life (one
 /// registration, ended on drop), in a group that a forced close reaches
 /// ([`Reactor::close_group`](crate::runtime::reactor::Reactor::close_group)).
@@ -200,9 +167,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.pool
-            .reactor()
-            .deregister_closable(&*self.stream, self.token);
+        self.pool.reactor().deregister_fd(&*self.stream, self.token);
     }
 }
 

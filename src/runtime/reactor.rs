@@ -5,12 +5,11 @@
 //! a request can be read, handled and answered on one thread with no hand-off.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Registry, Token};
 
@@ -236,45 +235,17 @@ impl Reactor {
         }
     }
 
-    /// Registers `source` for both directions; its readiness starts as "ready"
-    /// (see [`ScheduledIo::readiness`]).
-    pub(crate) fn register(
+    /// Registers `socket` by its descriptor for both directions; its
+    /// readiness starts as "ready" (see [`ScheduledIo::readiness`]). End it
+    /// with [`Reactor::deregister_fd`] while the socket is still open.
+    pub(crate) fn register_fd(
         &self,
-        source: &mut impl Source,
+        socket: &impl AsRawFd,
     ) -> io::Result<(usize, Arc<ScheduledIo>)> {
-        let io = Arc::new(ScheduledIo::new());
-        // Routable before registered: an event that arrives between the two steps
-        // finds its entry.
-        let token = {
-            let mut slab = self.lock_sources();
-            let index = match slab.free.pop() {
-                Some(index) => {
-                    slab.entries[index].io = Some(io.clone());
-                    index
-                }
-                None => {
-                    if slab.entries.len() >= INDEX_MASK {
-                        return Err(io::Error::other("too many sockets registered"));
-                    }
-                    slab.entries.push(Entry {
-                        generation: 0,
-                        io: Some(io.clone()),
-                        closable: None,
-                    });
-                    slab.entries.len() - 1
-                }
-            };
-            slab.token(index)
-        };
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(err) = self.registry.register(source, Token(token), interest) {
-            self.release(token);
-            return Err(err);
-        }
-        Ok((token, io))
+        self.register_entry(socket.as_raw_fd(), None)
     }
 
-    /// Registers `socket` as [`Reactor::register`] does, and as one of
+    /// Registers `socket` as [`Reactor::register_fd`] does, and as one of
     /// `group`'s, which [`Reactor::close_group`] shuts down.
     pub(crate) fn register_closable<S>(
         &self,
@@ -284,21 +255,62 @@ impl Reactor {
     where
         S: Closable + AsRawFd + 'static,
     {
-        let fd = socket.as_raw_fd();
-        let (token, io) = self.register(&mut SourceFd(&fd))?;
         let weak: Weak<dyn Closable> = Arc::downgrade(socket) as Weak<dyn Closable>;
-        let mut slab = self.lock_sources();
-        if slab.get(token).is_some() {
-            slab.entries[token & INDEX_MASK].closable = Some((group, weak));
+        self.register_entry(socket.as_raw_fd(), Some((group, weak)))
+    }
+
+    /// Takes a slot for `fd` (with what a forced close reaches, if
+    /// anything), then registers it with the poller.
+    fn register_entry(
+        &self,
+        fd: RawFd,
+        closable: Option<(u64, Weak<dyn Closable>)>,
+    ) -> io::Result<(usize, Arc<ScheduledIo>)> {
+        let io = Arc::new(ScheduledIo::new());
+        // Routable before registered: an event that arrives between the two steps
+        // finds its entry.
+        let token = {
+            let mut slab = self.lock_sources();
+            let index = match slab.free.pop() {
+                Some(index) => {
+                    let entry = &mut slab.entries[index];
+                    entry.io = Some(io.clone());
+                    entry.closable = closable;
+                    index
+                }
+                None => {
+                    if slab.entries.len() >= INDEX_MASK {
+                        return Err(io::Error::other("too many sockets registered"));
+                    }
+                    slab.entries.push(Entry {
+                        generation: 0,
+                        io: Some(io.clone()),
+                        closable,
+                    });
+                    slab.entries.len() - 1
+                }
+            };
+            slab.token(index)
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(err) = self
+            .registry
+            .register(&mut SourceFd(&fd), Token(token), interest)
+        {
+            self.release(token);
+            return Err(err);
         }
         Ok((token, io))
     }
 
-    /// Ends [`Reactor::register_closable`]'s registration; call it while
-    /// the socket is still open.
-    pub(crate) fn deregister_closable(&self, socket: &impl AsRawFd, token: usize) {
+    /// Ends a registration by descriptor ([`Reactor::register_fd`],
+    /// [`Reactor::register_closable`]); call it while the socket is still open.
+    pub(crate) fn deregister_fd(&self, socket: &impl AsRawFd, token: usize) {
         let fd = socket.as_raw_fd();
-        self.deregister(&mut SourceFd(&fd), token);
+        if let Err(err) = self.registry.deregister(&mut SourceFd(&fd)) {
+            log::debug!("deregistering a socket failed: {err}");
+        }
+        self.release(token);
     }
 
     /// Shuts down every socket of `group` still registered: the forced end
@@ -318,13 +330,6 @@ impl Reactor {
         for socket in sockets {
             socket.shut_down();
         }
-    }
-
-    pub(crate) fn deregister(&self, source: &mut impl Source, token: usize) {
-        if let Err(err) = self.registry.deregister(source) {
-            log::debug!("deregistering a socket failed: {err}");
-        }
-        self.release(token);
     }
 
     fn release(&self, token: usize) {
@@ -413,11 +418,11 @@ mod tests {
     #[test]
     fn a_reused_slot_does_not_take_events_meant_for_its_last_socket() {
         let reactor = Reactor::new().unwrap();
-        let (mut first, _peer) = mio::net::UnixStream::pair().unwrap();
-        let (old_token, _) = reactor.register(&mut first).unwrap();
-        reactor.deregister(&mut first, old_token);
-        let (mut second, _peer2) = mio::net::UnixStream::pair().unwrap();
-        let (new_token, new_io) = reactor.register(&mut second).unwrap();
+        let (first, _peer) = mio::net::UnixStream::pair().unwrap();
+        let (old_token, _) = reactor.register_fd(&first).unwrap();
+        reactor.deregister_fd(&first, old_token);
+        let (second, _peer2) = mio::net::UnixStream::pair().unwrap();
+        let (new_token, new_io) = reactor.register_fd(&second).unwrap();
         let slab = reactor.lock_sources();
         assert_eq!(
             old_token & INDEX_MASK,

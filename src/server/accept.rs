@@ -39,8 +39,8 @@ pub(crate) struct Listening {
 }
 
 impl Listening {
-    pub(crate) fn register(mut accepting: Accepting, pool: &Pool) -> io::Result<Listening> {
-        let (token, io) = pool.reactor().register(&mut accepting)?;
+    pub(crate) fn register(accepting: Accepting, pool: &Pool) -> io::Result<Listening> {
+        let (token, io) = pool.reactor().register_fd(&accepting)?;
         Ok(Listening {
             accepting,
             io,
@@ -68,7 +68,7 @@ impl Drop for Listening {
     fn drop(&mut self) {
         self.pool
             .reactor()
-            .deregister(&mut self.accepting, self.token);
+            .deregister_fd(&self.accepting, self.token);
     }
 }
 

@@ -202,8 +202,8 @@ fn a_worker_ended_by_a_panic_is_counted_out_and_the_reactor_still_polled() {
     rx.recv_timeout(Duration::from_secs(10)).unwrap();
 
     // A socket whose readiness wakes a panicking waker.
-    let (mut ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
-    let (token, io) = pool.reactor().register(&mut ours).unwrap();
+    let (ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
+    let (token, io) = pool.reactor().register_fd(&ours).unwrap();
     let (panicked_tx, panicked_rx) = mpsc::channel();
     let waker = Waker::from(Arc::new(PanickingWaker(std::sync::Mutex::new(panicked_tx))));
     let mut cx = TaskContext::from_waker(&waker);
@@ -214,11 +214,11 @@ fn a_worker_ended_by_a_panic_is_counted_out_and_the_reactor_still_polled() {
     assert!(io.poll_ready(&mut cx, READABLE).is_pending());
     theirs.write_all(b"x").unwrap();
     panicked_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    pool.reactor().deregister(&mut ours, token);
+    pool.reactor().deregister_fd(&ours, token);
 
     // Another socket's event still runs its task.
     let (mut ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
-    let (token, io) = pool.reactor().register(&mut ours).unwrap();
+    let (token, io) = pool.reactor().register_fd(&ours).unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (waiting_tx, waiting_rx) = mpsc::channel();
     pool.spawn(async move {
@@ -478,7 +478,7 @@ fn an_event_during_a_backlog_is_served_before_the_backlog_ends() {
     const EVENT: usize = usize::MAX;
     let pool = pool(1);
     let (mut ours, mut theirs) = mio::net::UnixStream::pair().unwrap();
-    let (token, io) = pool.reactor().register(&mut ours).unwrap();
+    let (token, io) = pool.reactor().register_fd(&ours).unwrap();
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     // A task waiting for a byte on `ours`.
@@ -487,7 +487,7 @@ fn an_event_during_a_backlog_is_served_before_the_backlog_ends() {
     let task_order = order.clone();
     pool.spawn(async move {
         read_one_byte(&io, &mut ours, waiting_tx).await;
-        task_pool.reactor().deregister(&mut ours, token);
+        task_pool.reactor().deregister_fd(&ours, token);
         task_order.lock().unwrap().push(EVENT);
     });
     waiting_rx.recv_timeout(Duration::from_secs(10)).unwrap();
