@@ -234,7 +234,7 @@ impl Shared {
     }
 }
 
-/// Who holds the reactor's poll, as `State::polling` records it: released
+/// Who holds the reactor's poll, as `Shared::polling` records it: released
 /// by the turn right after its poll returns, or, if a panic comes first, by
 /// the drop, so that the record can never outlive the poll and keep every
 /// other thread from polling.
@@ -333,10 +333,12 @@ impl Drop for Waiter {
 /// [`call_user_here`]).
 pub(super) fn run_for_pool(shared: &Arc<Shared>, runnable: Runnable) {
     match runnable {
-        Runnable::Task(_) => {
-            let _helping = HelpingMark::set(shared);
-            with_context(|cx| run(cx, runnable));
-        }
+        // One look-up of the thread's context: a worker runs the task as
+        // it is; a thread outside the pool is marked while it does.
+        Runnable::Task(_) => with_context(|cx| {
+            let _helping = cx.is_none().then(|| HelpingMark::set(shared));
+            run(cx, runnable);
+        }),
         Runnable::Job(_) => Pool(shared.clone()).push(runnable, Place::Back),
     }
 }
@@ -353,25 +355,20 @@ loom::thread_local! {
     pub(super) static HELPING: RefCell<Option<Arc<Shared>>> = RefCell::new(None);
 }
 
-/// Marks the current thread, if it is not a worker, as running `shared`'s
+/// Marks the current thread, which is not a worker, as running `shared`'s
 /// task until dropped (on unwind too).
-pub(super) struct HelpingMark(bool);
+pub(super) struct HelpingMark;
 
 impl HelpingMark {
     pub(super) fn set(shared: &Arc<Shared>) -> HelpingMark {
-        if with_context(|cx| cx.is_some()) {
-            return HelpingMark(false);
-        }
         HELPING.with(|helping| *helping.borrow_mut() = Some(shared.clone()));
-        HelpingMark(true)
+        HelpingMark
     }
 }
 
 impl Drop for HelpingMark {
     fn drop(&mut self) {
-        if self.0 {
-            HELPING.with(|helping| helping.borrow_mut().take());
-        }
+        HELPING.with(|helping| helping.borrow_mut().take());
     }
 }
 

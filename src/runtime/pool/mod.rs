@@ -397,7 +397,6 @@ impl Pool {
     /// polls the reactor itself, so the future's I/O makes progress even in a
     /// pool with no worker at all; otherwise it sleeps until the future's
     /// waker fires. Nothing wakes it periodically.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
         match super::park::block_on_timeout(future, None, Some(self)) {
             Some(output) => output,
