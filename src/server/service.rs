@@ -240,8 +240,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
     type Future = PendingResponse;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
-        let in_flight = Some(self.activity.request_started());
-        let may_inline = may_run_inline(&request);
+        let in_flight = self.activity.request_started();
+        // Kept to name the request if its handler panics, and for the log.
         let method = request.method().clone();
         let uri = request.uri().clone();
         let access = self.access_log.then(|| {
@@ -255,55 +255,37 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
                 bytes: 0,
             })
         });
-        // Written in place: `Box::new` builds the value on the stack and
-        // copies it.
-        let mut pending = Box::new_uninit();
-        pending.write(Pending {
-            call: Call::Done(None),
-            request: Some((method, uri)),
-            in_flight,
-            upgrades: self.upgrades.clone(),
-            access,
-        });
-        // SAFETY: initialised by the `write` just above.
-        let mut pending: Box<Pending> = unsafe { pending.assume_init() };
         let mut request = Some(request);
-        if may_inline {
-            // The handler's response is written straight into the box that
-            // hyper will poll, and the request is only borrowed by the
-            // closure: a response or request passed by value through the
-            // closure, `catch_unwind` and the future costs a `memcpy` of a
-            // few hundred bytes at each step.
-            let Call::Done(outcome) = &mut pending.call else {
-                unreachable!("built as Done above")
-            };
+        if may_run_inline(request.as_ref().expect("not taken yet")) {
+            // The response is finished here, and hyper polls a future that
+            // is ready at once: no allocation for it, and no state kept for
+            // a second poll.
             let inline = self.pool.try_inline(|| {
                 let request = self.user_request(request.take().expect("called once"));
-                *outcome = Some(Ok(self.service.call_shared(request, self.info.clone())));
+                self.service.call_shared(request, self.info.clone())
             });
-            match inline {
-                Ok(Ok(())) => {
-                    if let Some(Ok(response)) = outcome {
-                        self.close_if_shutting_down(response);
-                    }
-                    return PendingResponse(pending);
+            if let Ok(mut outcome) = inline {
+                if let Ok(response) = &mut outcome {
+                    self.close_if_shutting_down(response);
                 }
-                Ok(Err(panic)) => {
-                    *outcome = Some(Err(panic));
-                    return PendingResponse(pending);
-                }
-                // Not on a worker free to run it: queued below.
-                Err(_) => {}
+                let response = finish(outcome, &method, &uri, in_flight, access, &self.upgrades);
+                return PendingResponse::Ready(Some(response));
             }
+            // Not on a worker free to run it: queued below.
         }
         let request = self.user_request(request.take().expect("the handler has not run"));
         let service = self.service.clone();
         let info = self.info.clone();
-        pending.call = Call::Queued(
-            self.pool
-                .call_user(false, move || service.call_shared(request, info)),
-        );
-        PendingResponse(pending)
+        let call = self
+            .pool
+            .call_user(false, move || service.call_shared(request, info));
+        PendingResponse::Queued(Box::new(Queued {
+            call,
+            request: (method, uri),
+            in_flight: Some(in_flight),
+            upgrades: self.upgrades.clone(),
+            access,
+        }))
     }
 }
 
@@ -365,17 +347,48 @@ pub(crate) fn panic_response(
     response
 }
 
-/// Resolves when the handler has produced the response.
-///
-/// Boxed: hyper keeps this future in a slot of its connection, memory that is
-/// cold at a thousand connections, and writing 344 bytes there missed the
-/// cache six times a request; a box just freed by the previous request is warm.
-pub(crate) struct PendingResponse(Box<Pending>);
+/// The response hyper sends for a handler's outcome: a panic becomes a 500,
+/// an upgrade is set up, and the body carries the request's in-flight count
+/// and access record until hyper has sent it.
+fn finish(
+    outcome: std::thread::Result<Response>,
+    method: &Method,
+    uri: &Uri,
+    in_flight: InFlight,
+    mut access: Option<Box<AccessRecord>>,
+    upgrades: &Arc<UpgradeContext>,
+) -> http::Response<ResponseBody> {
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(panic) => panic_response(&*panic, method, uri),
+    };
+    // Only an upgrade's response carries extensions of ours.
+    if !response.extensions().is_empty() && upgrades.prepare(&mut response) {
+        in_flight.upgraded();
+    }
+    if let Some(access) = &mut access {
+        access.status = response.status();
+    }
+    response.map(|body| ResponseBody {
+        body,
+        _in_flight: in_flight,
+        access,
+    })
+}
 
-struct Pending {
-    call: Call,
+/// Resolves to the response hyper sends.
+pub(crate) enum PendingResponse {
+    /// The handler ran inline (`HyperService::call`); `None` once taken.
+    Ready(Option<http::Response<ResponseBody>>),
+    /// The handler runs as a job of the pool. Boxed: the rare case need not
+    /// make every connection's future larger.
+    Queued(Box<Queued>),
+}
+
+pub(crate) struct Queued {
+    call: UserCall<Response>,
     /// The request's method and URI, to name it if the handler panics.
-    request: Option<(Method, Uri)>,
+    request: (Method, Uri),
     /// Moves into the response body; dropped with this future if the request
     /// is abandoned (the client reset the stream).
     in_flight: Option<InFlight>,
@@ -385,49 +398,33 @@ struct Pending {
     access: Option<Box<AccessRecord>>,
 }
 
-/// Where a handler's response comes from.
-enum Call {
-    /// The handler ran inline, in `HyperService::call`: its response, or its
-    /// panic; `None` until written, and once taken.
-    Done(Option<std::thread::Result<Response>>),
-    /// The handler runs as a job of the pool.
-    Queued(UserCall<Response>),
-}
-
 impl Future for PendingResponse {
     type Output = Result<http::Response<ResponseBody>, std::convert::Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self.0;
-        let outcome = match &mut this.call {
-            Call::Done(outcome) => match outcome.take() {
-                Some(outcome) => outcome,
-                None => return Poll::Pending,
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Neither variant is structurally pinned.
+        match Pin::into_inner(self) {
+            PendingResponse::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
             },
-            Call::Queued(call) => ready!(Pin::new(call).poll(cx)),
-        };
-        let mut response = match outcome {
-            Ok(response) => response,
-            Err(panic) => {
-                let (method, uri) = this.request.take().unwrap_or_default();
-                panic_response(&*panic, &method, &uri)
-            }
-        };
-        let in_flight = this.in_flight.take();
-        if this.upgrades.prepare(&mut response) {
-            if let Some(in_flight) = &in_flight {
-                in_flight.upgraded();
+            PendingResponse::Queued(queued) => {
+                let outcome = ready!(Pin::new(&mut queued.call).poll(cx));
+                let Some(in_flight) = queued.in_flight.take() else {
+                    return Poll::Pending;
+                };
+                let (method, uri) = &queued.request;
+                let access = queued.access.take();
+                Poll::Ready(Ok(finish(
+                    outcome,
+                    method,
+                    uri,
+                    in_flight,
+                    access,
+                    &queued.upgrades,
+                )))
             }
         }
-        let mut access = this.access.take();
-        if let Some(access) = &mut access {
-            access.status = response.status();
-        }
-        Poll::Ready(Ok(response.map(|body| ResponseBody {
-            body,
-            _in_flight: in_flight,
-            access,
-        })))
     }
 }
 
@@ -437,7 +434,7 @@ pub(crate) struct ResponseBody {
     body: Body,
     // Declared before `access`: the request stops counting as in flight
     // before its log line is written.
-    _in_flight: Option<InFlight>,
+    _in_flight: InFlight,
     access: Option<Box<AccessRecord>>,
 }
 
