@@ -209,11 +209,13 @@ impl Shared {
                 *holds_role = true;
                 let timeout = deadline.map(|d| d.saturating_duration_since(sync::now()));
                 let mut role = PollerRole::helper(self, parker);
-                let woken = turn_collecting(&self.reactor, &mut driver, timeout, || role.release());
+                let mut woken =
+                    turn_collecting(&self.reactor, &mut driver, timeout, || role.release());
                 drop(driver);
-                for runnable in woken {
+                for runnable in woken.drain(..) {
                     run_for_pool(self, runnable);
                 }
+                keep_spare(woken);
                 return true;
             }
         }
@@ -392,7 +394,8 @@ pub(super) fn turn_collecting(
 pub(super) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Runnable>) {
     let Some((shared, outer)) = with_context(|cx| {
         let cx = cx?;
-        let outer = cx.batch.borrow_mut().replace(Vec::new());
+        let fresh = std::mem::take(&mut *cx.spare.borrow_mut());
+        let outer = cx.batch.borrow_mut().replace(fresh);
         Some((cx.shared.clone(), outer))
     }) else {
         return (f(), Vec::new());

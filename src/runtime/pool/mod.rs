@@ -242,6 +242,26 @@ pub(crate) enum Place {
     Fresh,
 }
 
+/// The most a worker keeps of an emptied capture vector for the next one.
+const MAX_SPARE: usize = 1024;
+
+/// Keeps `batch`, emptied, as this worker's vector for its next capture
+/// (`Context::spare`), if it has more room than the one kept now.
+pub(super) fn keep_spare(mut batch: Vec<Runnable>) {
+    if batch.capacity() == 0 || batch.capacity() > MAX_SPARE {
+        return;
+    }
+    batch.clear();
+    with_context(|cx| {
+        if let Some(cx) = cx {
+            let mut spare = cx.spare.borrow_mut();
+            if spare.capacity() < batch.capacity() {
+                *spare = batch;
+            }
+        }
+    });
+}
+
 /// What a pool worker knows about itself.
 struct Context {
     shared: Arc<Shared>,
@@ -252,6 +272,10 @@ struct Context {
     /// While this thread dispatches reactor events or polls a body: the work
     /// that woke, queued together afterwards (or run here).
     batch: RefCell<Option<Vec<Runnable>>>,
+    /// An empty vector with room, for the next capture: a reactor turn
+    /// wakes tens of tasks, and a fresh vector grew three or four times
+    /// for them on every turn.
+    spare: RefCell<Vec<Runnable>>,
     /// Set while a task is being polled.
     in_task: Cell<bool>,
 }
@@ -461,24 +485,27 @@ impl Pool {
     /// Queues `batch` under one lock, and tells one other thread: at
     /// `Place::Next`, the first in this worker's LIFO slot and the rest at
     /// the back (what one reactor turn woke).
-    pub(crate) fn push_all(&self, batch: Vec<Runnable>, place: Place) {
-        let mut batch = batch.into_iter();
+    pub(crate) fn push_all(&self, mut batch: Vec<Runnable>, place: Place) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut drained = batch.drain(..);
         let first = match place {
-            Place::Next { from_a_task } => match batch.next() {
-                Some(first) => self.try_next(first, from_a_task),
-                None => return,
-            },
+            Place::Next { from_a_task } => drained
+                .next()
+                .and_then(|first| self.try_next(first, from_a_task)),
             Place::Back | Place::Fresh => None,
         };
         let shared = &self.0;
         let mut state = shared.lock();
         let mut any = None;
-        for runnable in first.into_iter().chain(batch) {
+        for runnable in first.into_iter().chain(drained) {
             let is_task = state.enqueue(runnable, place == Place::Fresh);
             any = Some(any.unwrap_or(false) || is_task);
         }
         let start = any.is_some_and(|is_task| shared.find_runner(&mut state, is_task));
         shared.unlock_then_start(state, start);
+        keep_spare(batch);
     }
 
     /// Puts `runnable` in this worker's LIFO slot or capture if it can take

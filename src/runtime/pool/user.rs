@@ -113,14 +113,15 @@ impl<T> Unpin for UserCall<T> {}
 /// Tasks never block, so the handler waits no longer for it. Captured jobs
 /// (user code) are queued as usual: user code must not nest.
 pub(crate) fn poll_and_help<T>(poll: impl FnOnce() -> T) -> T {
-    let (output, woken) = collecting(poll);
+    let (output, mut woken) = collecting(poll);
     if !woken.is_empty() {
         let shared = with_context(|cx| cx.map(|cx| cx.shared.clone()))
             .expect("only a worker collects what it wakes");
-        for runnable in woken {
+        for runnable in woken.drain(..) {
             run_for_pool(&shared, runnable);
         }
     }
+    keep_spare(woken);
     output
 }
 

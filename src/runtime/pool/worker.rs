@@ -82,6 +82,7 @@ pub(super) fn enter(shared: &Arc<Shared>) {
             in_user: Cell::new(false),
             lifo: RefCell::new(None),
             batch: RefCell::new(None),
+            spare: RefCell::new(Vec::new()),
             in_task: Cell::new(false),
         });
     });
