@@ -11,7 +11,7 @@ use http::{Method, StatusCode, Uri};
 use super::access_log::AccessRecord;
 use crate::body::{Body, Request, Response};
 use crate::io::credentials::PeerCredentials;
-use crate::runtime::pool::{Pool, UserCall};
+use crate::runtime::pool::{Pool, QueuedCall};
 use crate::server::timeouts::{Activity, InFlight};
 use crate::server::upgrade::UpgradeContext;
 
@@ -278,14 +278,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
         let info = self.info.clone();
         let call = self
             .pool
-            .call_user(false, move || service.call_shared(request, info));
-        PendingResponse::Queued(Box::new(Queued {
+            .queue_call(move || service.call_shared(request, info));
+        PendingResponse::Queued(Queued {
             call,
             request: (method, uri),
             in_flight: Some(in_flight),
             upgrades: self.upgrades.clone(),
             access,
-        }))
+        })
     }
 }
 
@@ -380,13 +380,20 @@ fn finish(
 pub(crate) enum PendingResponse {
     /// The handler ran inline (`HyperService::call`); `None` once taken.
     Ready(Option<http::Response<ResponseBody>>),
-    /// The handler runs as a job of the pool. Boxed: the rare case need not
-    /// make every connection's future larger.
-    Queued(Box<Queued>),
+    /// The handler runs as a job of the pool. Not boxed: `Ready` is the
+    /// larger variant, so this one costs no room, and a box would cost an
+    /// allocation per request on HTTP/2, where handlers are always queued.
+    Queued(Queued),
 }
 
+// `Queued` must fit in `Ready`'s room, or every connection's future grows
+// (hyper moves it on every request); see `PendingResponse`.
+const _: () =
+    assert!(std::mem::size_of::<Queued>() <= std::mem::size_of::<http::Response<ResponseBody>>());
+
+/// A queued handler's state, until its response is ready.
 pub(crate) struct Queued {
-    call: UserCall<Response>,
+    call: QueuedCall<Response>,
     /// The request's method and URI, to name it if the handler panics.
     request: (Method, Uri),
     /// Moves into the response body; dropped with this future if the request

@@ -52,7 +52,7 @@ mod worker;
 pub(crate) use handoff::Waiter;
 use handoff::*;
 use user::CallJob;
-pub(crate) use user::{call_user_here, poll_and_help, UserCall};
+pub(crate) use user::{call_user_here, poll_and_help, QueuedCall, UserCall};
 use worker::*;
 
 /// A unit of work that runs user code (a handler call, a body read): a
@@ -356,6 +356,16 @@ impl Pool {
         } else {
             f
         };
+        UserCall::Queued(self.queue_call(f))
+    }
+
+    /// [`Pool::call_user`] without inlining, typed as what it always is: a
+    /// job, whose future holds only a pointer to the job's output.
+    pub(crate) fn queue_call<T, F>(&self, f: F) -> QueuedCall<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         self.queue_user(f, Place::Next { from_a_task: true })
     }
 
@@ -378,24 +388,24 @@ impl Pool {
         }
         self.0.apart.fetch_add(1, Ordering::SeqCst);
         let apart = Apart(self.0.clone());
-        self.queue_user(
+        UserCall::Queued(self.queue_user(
             move || {
                 let _apart = apart;
                 f()
             },
             Place::Back,
-        )
+        ))
     }
 
     /// Queues user code `f` as a job at `place`; see [`Pool::call_user`].
-    fn queue_user<T, F>(&self, f: F, place: Place) -> UserCall<T>
+    fn queue_user<T, F>(&self, f: F, place: Place) -> QueuedCall<T>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let call = Arc::new(CallJob::new(f));
         self.push(Runnable::Job(call.clone()), place);
-        UserCall::Queued(call)
+        QueuedCall(call)
     }
 
     /// Runs user code `f` right here, as `call_user(true, ..)` does, catching

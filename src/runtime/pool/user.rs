@@ -9,7 +9,21 @@ pub(crate) enum UserCall<T> {
     /// Ran inline; `None` once taken.
     Ready(Option<std::thread::Result<T>>),
     /// Runs as a job, which leaves its result in its own allocation.
-    Queued(Arc<dyn CallOutput<T>>),
+    Queued(QueuedCall<T>),
+}
+
+/// A call queued as a job: resolves to its output once a worker has run it.
+pub(crate) struct QueuedCall<T>(pub(super) Arc<dyn CallOutput<T>>);
+
+impl<T> Future for QueuedCall<T> {
+    type Output = std::thread::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.0.poll_output(cx.waker()) {
+            Some(output) => Poll::Ready(output),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Where a queued call leaves its output for the caller's future.
@@ -94,10 +108,7 @@ impl<T> Future for UserCall<T> {
                 Some(output) => Poll::Ready(output),
                 None => Poll::Pending,
             },
-            UserCall::Queued(call) => match call.poll_output(cx.waker()) {
-                Some(output) => Poll::Ready(output),
-                None => Poll::Pending,
-            },
+            UserCall::Queued(call) => Pin::new(call).poll(cx),
         }
     }
 }
