@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use super::park::Parker;
 use super::reactor::{Driver, Reactor};
 use super::sync::{self, thread, Arc, AtomicU8, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
-use super::task::Task;
+use super::task::{Task, TaskRef};
 
 mod handoff;
 mod queue;
@@ -140,7 +140,7 @@ struct Shared {
 }
 
 struct State {
-    tasks: VecDeque<Arc<Task>>,
+    tasks: VecDeque<TaskRef>,
     /// Tasks woken by events that came in while the queue was being worked
     /// through (`POLL_EVERY`). They take turns with `tasks`: a connection
     /// whose next request has just arrived is served while its socket and
@@ -148,7 +148,7 @@ struct State {
     /// moments ago), and the queue behind still moves at least every third
     /// turn (`FRESH_TURNS`), so nothing waits more than about three times as
     /// long as first-come order would make it.
-    fresh: VecDeque<Arc<Task>>,
+    fresh: VecDeque<TaskRef>,
     /// Where the turns stand: `fresh` has the next one while this is below
     /// `FRESH_TURNS`, then `tasks`.
     turn: u8,
@@ -220,7 +220,7 @@ impl State {
 /// Work for the pool's threads.
 pub(crate) enum Runnable {
     /// A connection task (or an HTTP/2 stream's): polled, never blocks.
-    Task(Arc<Task>),
+    Task(TaskRef),
     /// User code: runs on a worker, counted as inside user code.
     Job(Job),
 }
@@ -329,7 +329,7 @@ impl Pool {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let task = Task::new(future, self.clone());
+        let task: TaskRef = Task::new(future, self.clone());
         self.push(Runnable::Task(task), Place::Next { from_a_task: false });
     }
 

@@ -50,7 +50,7 @@ impl State {
     }
 
     /// Takes a task, from `fresh` and `tasks` in turn while both hold some.
-    pub(super) fn pop_task(&mut self) -> Option<Arc<Task>> {
+    pub(super) fn pop_task(&mut self) -> Option<TaskRef> {
         let fresh_turn = self.turn < FRESH_TURNS;
         self.turn = (self.turn + 1) % (FRESH_TURNS + 1);
         let (first, second) = if fresh_turn {

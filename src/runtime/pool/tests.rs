@@ -427,7 +427,7 @@ fn a_plain_thread_drives_the_reactor_without_any_worker() {
 #[test]
 fn fresh_tasks_take_turns_with_the_queue_and_overflow_behind_it() {
     let pool = pool(1);
-    let task = || Task::new(async {}, pool.clone());
+    let task = || -> TaskRef { Task::new(async {}, pool.clone()) };
     let queued: Vec<_> = (0..3).map(|_| task()).collect();
     let fresh: Vec<_> = (0..FRESH_CAP + 1).map(|_| task()).collect();
     let mut state = State::new();
@@ -444,7 +444,7 @@ fn fresh_tasks_take_turns_with_the_queue_and_overflow_behind_it() {
     }
     // While both queues hold tasks: two fresh, one queued, and again.
     assert_eq!(FRESH_TURNS, 2, "the order below assumes two turns");
-    let expected: Vec<&Arc<Task>> = vec![
+    let expected: Vec<&TaskRef> = vec![
         &fresh[0],
         &fresh[1],
         &queued[0],
@@ -520,4 +520,97 @@ fn an_event_during_a_backlog_is_served_before_the_backlog_ends() {
         "the event's task ran at {at} of {}",
         order.len()
     );
+}
+
+/// A spawned future is polled where it was first pinned, and dropped there:
+/// it lives inside its task's allocation (`Task<F>`), never moved out.
+#[test]
+fn a_task_future_stays_where_it_was_pinned_until_dropped() {
+    use std::marker::PhantomPinned;
+    use std::sync::Mutex as StdMutex;
+
+    /// Records its address at every poll and at its drop; pending on its
+    /// first poll (waking itself), ready on the second.
+    struct Pinned {
+        seen: Arc<StdMutex<Vec<usize>>>,
+        polls: u32,
+        _pin: PhantomPinned,
+    }
+    impl Future for Pinned {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+            // SAFETY: only a counter is changed; nothing is moved out.
+            let this = unsafe { self.get_unchecked_mut() };
+            this.seen
+                .lock()
+                .unwrap()
+                .push(this as *const Pinned as usize);
+            this.polls += 1;
+            if this.polls == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        }
+    }
+    impl Drop for Pinned {
+        fn drop(&mut self) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(self as *const Pinned as usize);
+        }
+    }
+
+    let pool = pool(1);
+    let seen = Arc::new(StdMutex::new(Vec::new()));
+    pool.spawn(Pinned {
+        seen: seen.clone(),
+        polls: 0,
+        _pin: PhantomPinned,
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "the task did not finish");
+        std::thread::yield_now();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "two polls and a drop: {seen:?}");
+    assert!(
+        seen.iter().all(|&at| at == seen[0]),
+        "the future moved: {seen:?}"
+    );
+}
+
+/// A finished future whose drop panics is dropped once: the task's slot is
+/// left empty, so dropping the task does not drop it again, and the pool
+/// goes on running tasks.
+#[test]
+fn a_task_future_whose_drop_panics_is_dropped_once() {
+    struct PanicsOnDrop(Arc<AtomicUsize>);
+    impl Future for PanicsOnDrop {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+    }
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            panic!("a drop that panics");
+        }
+    }
+
+    let pool = pool(1);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let task: TaskRef = Task::new(PanicsOnDrop(drops.clone()), pool.clone());
+    task.clone().run();
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "dropped when it finished");
+    drop(task);
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "not dropped again");
+    let (sent, received) = mpsc::channel();
+    pool.spawn(async move { sent.send(()).unwrap() });
+    received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the pool still runs tasks");
 }
