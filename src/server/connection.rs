@@ -2,6 +2,7 @@
 //! when a timeout fires or the server shuts down.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,9 +11,11 @@ use hyper::server::conn::http1;
 
 #[cfg(feature = "http2")]
 use crate::io::rewind::Rewind;
+use crate::io::stream::Stream;
 use crate::runtime::timer::{Sleep, Timer};
-use crate::server::service::HyperService;
-use crate::server::shutdown::ConnectionGuard;
+use crate::runtime::Pool;
+use crate::server::service::{ConnectionInfo, HyperService, SharedService};
+use crate::server::shutdown::{ConnectionGuard, Signal};
 use crate::server::socket::Conn;
 use crate::server::stats::{CloseReason, Open, OpenGuard};
 use crate::server::timeouts::{self, Activity, Timeouts};
@@ -38,6 +41,75 @@ pub(crate) struct Protocols {
     pub(crate) timer: Timer,
     pub(crate) upgrades: Arc<crate::server::upgrade::UpgradeContext>,
     pub(crate) access_log: bool,
+}
+
+/// Sets up a connection just accepted (its socket options, what the
+/// handler will be told about it, its registration) and spawns its task.
+pub(crate) fn start(
+    stream: Stream,
+    peer: Option<SocketAddr>,
+    pool: &Pool,
+    protocols: &Arc<Protocols>,
+    service: &Arc<dyn SharedService>,
+    signal: &Arc<Signal>,
+    #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let info = match &stream {
+        Stream::Tcp(tcp) => {
+            if let Err(err) = tcp.set_nodelay(true) {
+                log::debug!("could not set TCP_NODELAY for {}: {err}", Peer(peer));
+            }
+            ConnectionInfo {
+                peer_addr: peer,
+                // getsockname(2): the listener's address may be a wildcard.
+                local_addr: match tcp.local_addr() {
+                    Ok(addr) => Some(addr),
+                    Err(err) => {
+                        log::debug!("no local address for {}: {err}", Peer(peer));
+                        None
+                    }
+                },
+                ..ConnectionInfo::default()
+            }
+        }
+        Stream::Unix(unix) => ConnectionInfo {
+            unix: true,
+            peer_credentials: match crate::io::credentials::peer_credentials(unix) {
+                Ok(credentials) => Some(credentials),
+                Err(err) => {
+                    log::debug!("no credentials for a Unix socket client: {err}");
+                    None
+                }
+            },
+            ..ConnectionInfo::default()
+        },
+    };
+    let conn = match Conn::register(stream, pool, signal) {
+        Ok(conn) => conn,
+        Err(err) => {
+            log::error!(
+                "could not register the connection from {}: {err}",
+                Peer(peer)
+            );
+            return;
+        }
+    };
+    let service = HyperService {
+        service: service.clone(),
+        info,
+        pool: pool.clone(),
+        activity: conn.activity().clone(),
+        body_read_timeout: protocols.timeouts.body_read,
+        upgrades: protocols.upgrades.clone(),
+        access_log: protocols.access_log,
+    };
+    let guard = signal.connection();
+    #[cfg(feature = "tls")]
+    if let Some(config) = tls {
+        pool.spawn(serve_tls(conn, protocols.clone(), service, guard, config));
+        return;
+    }
+    pool.spawn(serve(conn, protocols.clone(), service, guard));
 }
 
 impl Watch {

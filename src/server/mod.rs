@@ -23,20 +23,16 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 
 use crate::io::listener::Listener;
-use crate::io::stream::Stream;
 use crate::runtime::pool::PoolConfig;
 use crate::runtime::reactor::Reactor;
 use crate::runtime::timer::Timer;
 use crate::runtime::Pool;
-use crate::server::service::{
-    ByClone, ByRef, ConnectionInfo, HyperService, Service, SharedService,
-};
+use crate::server::service::{ByClone, ByRef, Service, SharedService};
 use crate::server::shutdown::{ServerHandle, Signal};
 use crate::server::timeouts::Timeouts;
 use crate::server::upgrade::UpgradeContext;
 use connection::{Mode, Protocols};
 use options::Config;
-use socket::Conn;
 
 /// How long connections closed by the shutdown timeout get to go away.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -349,9 +345,9 @@ impl Server {
             &listening,
             &signal,
             &pool,
-            || max_connections.unwrap_or_else(descriptor_budget),
+            || max_connections.unwrap_or_else(options::descriptor_budget),
             |stream, peer| {
-                start_connection(
+                connection::start(
                     stream,
                     peer,
                     &pool,
@@ -408,123 +404,4 @@ impl Server {
             tls: self.tls.clone(),
         }
     }
-}
-
-/// The upgrade context of in-process tests ([`crate::test`]): a pool of its
-/// own (its first worker starts with the first upgrade and one stays for the
-/// process) with a server's default timeouts and bounds, made once.
-pub(crate) fn in_memory_upgrades() -> io::Result<Arc<UpgradeContext>> {
-    static CONTEXT: std::sync::OnceLock<Arc<UpgradeContext>> = std::sync::OnceLock::new();
-    if let Some(context) = CONTEXT.get() {
-        return Ok(context.clone());
-    }
-    let config = Config::default();
-    let pool = Pool::new(
-        Reactor::new()?,
-        PoolConfig {
-            max_workers: config.max_workers,
-            keep_alive: config.worker_keep_alive,
-        },
-    );
-    let context = Arc::new(UpgradeContext::new(
-        pool,
-        Arc::new(Signal::default()),
-        config.timeouts.body_read,
-        config.timeouts.send,
-        config.max_blocking_upgrades,
-    ));
-    // Two threads racing here each made one; the loser's is dropped unused.
-    Ok(CONTEXT.get_or_init(|| context).clone())
-}
-
-fn start_connection(
-    stream: Stream,
-    peer: Option<SocketAddr>,
-    pool: &Pool,
-    protocols: &Arc<Protocols>,
-    service: &Arc<dyn SharedService>,
-    signal: &Arc<Signal>,
-    #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    let info = match &stream {
-        Stream::Tcp(tcp) => {
-            if let Err(err) = tcp.set_nodelay(true) {
-                log::debug!(
-                    "could not set TCP_NODELAY for {}: {err}",
-                    connection::Peer(peer)
-                );
-            }
-            ConnectionInfo {
-                peer_addr: peer,
-                // getsockname(2): the listener's address may be a wildcard.
-                local_addr: match tcp.local_addr() {
-                    Ok(addr) => Some(addr),
-                    Err(err) => {
-                        log::debug!("no local address for {}: {err}", connection::Peer(peer));
-                        None
-                    }
-                },
-                ..ConnectionInfo::default()
-            }
-        }
-        Stream::Unix(unix) => ConnectionInfo {
-            unix: true,
-            peer_credentials: match crate::io::credentials::peer_credentials(unix) {
-                Ok(credentials) => Some(credentials),
-                Err(err) => {
-                    log::debug!("no credentials for a Unix socket client: {err}");
-                    None
-                }
-            },
-            ..ConnectionInfo::default()
-        },
-    };
-    let conn = match Conn::register(stream, pool, signal) {
-        Ok(conn) => conn,
-        Err(err) => {
-            log::error!(
-                "could not register the connection from {}: {err}",
-                connection::Peer(peer)
-            );
-            return;
-        }
-    };
-    let service = HyperService {
-        service: service.clone(),
-        info,
-        pool: pool.clone(),
-        activity: conn.activity().clone(),
-        body_read_timeout: protocols.timeouts.body_read,
-        upgrades: protocols.upgrades.clone(),
-        access_log: protocols.access_log,
-    };
-    let guard = signal.connection();
-    #[cfg(feature = "tls")]
-    if let Some(config) = tls {
-        pool.spawn(connection::serve_tls(
-            conn,
-            protocols.clone(),
-            service,
-            guard,
-            config,
-        ));
-        return;
-    }
-    pool.spawn(connection::serve(conn, protocols.clone(), service, guard));
-}
-
-/// The default connection limit: three quarters of the descriptor limit.
-fn descriptor_budget() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live local.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
-        return usize::MAX;
-    }
-    usize::try_from(limit.rlim_cur / 4 * 3)
-        .unwrap_or(usize::MAX)
-        .max(1)
 }

@@ -594,3 +594,19 @@ impl Config {
         }
     }
 }
+
+/// The default connection limit: three quarters of the descriptor limit.
+pub(super) fn descriptor_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live local.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return usize::MAX;
+    }
+    usize::try_from(limit.rlim_cur / 4 * 3)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}

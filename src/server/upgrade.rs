@@ -560,6 +560,33 @@ impl Drop for Upgraded {
     }
 }
 
+/// The upgrade context of in-process tests ([`crate::test`]): a pool of its
+/// own (its first worker starts with the first upgrade and one stays for the
+/// process) with a server's default timeouts and bounds, made once.
+pub(crate) fn in_memory_upgrades() -> io::Result<Arc<UpgradeContext>> {
+    static CONTEXT: std::sync::OnceLock<Arc<UpgradeContext>> = std::sync::OnceLock::new();
+    if let Some(context) = CONTEXT.get() {
+        return Ok(context.clone());
+    }
+    let config = super::options::Config::default();
+    let pool = Pool::new(
+        crate::runtime::reactor::Reactor::new()?,
+        crate::runtime::pool::PoolConfig {
+            max_workers: config.max_workers,
+            keep_alive: config.worker_keep_alive,
+        },
+    );
+    let context = Arc::new(UpgradeContext::new(
+        pool,
+        Arc::new(Signal::default()),
+        config.timeouts.body_read,
+        config.timeouts.send,
+        config.max_blocking_upgrades,
+    ));
+    // Two threads racing here each made one; the loser's is dropped unused.
+    Ok(CONTEXT.get_or_init(|| context).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

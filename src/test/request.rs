@@ -201,7 +201,7 @@ impl TestRequest {
         };
         // Only a handler that upgrades needs the runtime: start it then.
         let upgraded = crate::server::upgrade::has_continuation(&response) && {
-            let upgrades = crate::server::in_memory_upgrades()
+            let upgrades = crate::server::upgrade::in_memory_upgrades()
                 .unwrap_or_else(|err| panic!("TestRequest: cannot start upgrades: {err}"));
             upgrades.prepare(&mut response)
         };
