@@ -290,7 +290,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
 }
 
 impl HyperService {
-    /// The request as the handler sees it.
+    /// The request as the handler sees it. Inlined, as are `finish` and
+    /// `Pool::try_inline`: each call boundary a request or response crossed
+    /// by value was a `memcpy` (callgrind: 60 to 100 instructions a request).
+    #[inline(always)]
     fn user_request(&self, request: http::Request<hyper::body::Incoming>) -> Request {
         request.map(|incoming| Body::incoming(incoming, self.body_read_timeout, self.pool.clone()))
     }
@@ -350,6 +353,7 @@ pub(crate) fn panic_response(
 /// The response hyper sends for a handler's outcome: a panic becomes a 500,
 /// an upgrade is set up, and the body carries the request's in-flight count
 /// and access record until hyper has sent it.
+#[inline(always)]
 fn finish(
     outcome: std::thread::Result<Response>,
     method: &Method,

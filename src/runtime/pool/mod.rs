@@ -413,6 +413,7 @@ impl Pool {
     /// code; otherwise hands `f` back unrun. A caller with large arguments
     /// passes a closure over references to them: what the closure captures
     /// is copied on its way into `catch_unwind`.
+    #[inline(always)]
     pub(crate) fn try_inline<T, F>(&self, f: F) -> Result<std::thread::Result<T>, F>
     where
         F: FnOnce() -> T,
