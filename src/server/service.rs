@@ -412,6 +412,9 @@ pub(crate) struct Queued {
 impl Future for PendingResponse {
     type Output = Result<http::Response<ResponseBody>, std::convert::Infallible>;
 
+    // Inlined into hyper's dispatcher, which moves the response on at once
+    // (callgrind: 20 to 70 instructions a request fewer).
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Neither variant is structurally pinned.
         match Pin::into_inner(self) {
