@@ -92,8 +92,9 @@ pub type ResponseBuilder = http::response::Builder;
 pub struct Body {
     kind: Kind,
     /// What a [`BodyReader`] took from `kind` but has not handed out yet: the
-    /// next bytes of the body, before anything still in `kind`.
-    leftover: Bytes,
+    /// next bytes of the body, before anything still in `kind`. An `Option`
+    /// so that the bodies that never have any (nearly all) drop no `Bytes`.
+    leftover: Option<Bytes>,
 }
 
 enum Kind {
@@ -125,7 +126,7 @@ impl Body {
         let bytes = data.into();
         Body {
             kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
-            leftover: Bytes::new(),
+            leftover: None,
         }
     }
 
@@ -140,7 +141,7 @@ impl Body {
     pub fn empty() -> Body {
         Body {
             kind: Kind::Full(None),
-            leftover: Bytes::new(),
+            leftover: None,
         }
     }
 
@@ -173,7 +174,7 @@ impl Body {
     {
         Body {
             kind: Kind::Reader(ReaderState::Idle(Box::new(reader))),
-            leftover: Bytes::new(),
+            leftover: None,
         }
     }
 
@@ -207,7 +208,7 @@ impl Body {
     ) -> Body {
         Body {
             kind: Kind::Incoming(incoming, timeout, pool),
-            leftover: Bytes::new(),
+            leftover: None,
         }
     }
 }
@@ -221,6 +222,13 @@ where
     }
 }
 
+impl Body {
+    /// The bytes a [`BodyReader`] left unread, if any.
+    fn take_leftover(&mut self) -> Option<Bytes> {
+        self.leftover.take().filter(|rest| !rest.is_empty())
+    }
+}
+
 impl Default for Body {
     fn default() -> Body {
         Body::empty()
@@ -231,7 +239,8 @@ impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Full(bytes) => {
-                let len = self.leftover.len() + bytes.as_ref().map_or(0, Bytes::len);
+                let len = self.leftover.as_ref().map_or(0, Bytes::len)
+                    + bytes.as_ref().map_or(0, Bytes::len);
                 if len > 0 {
                     return f.debug_tuple("Body").field(&len).finish();
                 }
@@ -254,8 +263,8 @@ impl Iterator for Body {
     type Item = io::Result<Bytes>;
 
     fn next(&mut self) -> Option<io::Result<Bytes>> {
-        if !self.leftover.is_empty() {
-            return Some(Ok(std::mem::take(&mut self.leftover)));
+        if let Some(rest) = self.take_leftover() {
+            return Some(Ok(rest));
         }
         match &mut self.kind {
             Kind::Full(bytes) => bytes.take().map(Ok),
@@ -298,8 +307,7 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if !self.leftover.is_empty() {
-            let rest = std::mem::take(&mut self.leftover);
+        if let Some(rest) = self.take_leftover() {
             return Poll::Ready(Some(Ok(Frame::data(rest))));
         }
         match &mut self.kind {
@@ -314,7 +322,7 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        if !self.leftover.is_empty() {
+        if self.leftover.as_ref().is_some_and(|rest| !rest.is_empty()) {
             return false;
         }
         match &self.kind {
@@ -325,7 +333,7 @@ impl http_body::Body for Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let leftover = self.leftover.len() as u64;
+        let leftover = self.leftover.as_ref().map_or(0, Bytes::len) as u64;
         let mut hint = match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(incoming, ..) => incoming.size_hint(),

@@ -110,11 +110,16 @@ impl Read for BodyReader<'_> {
             return Ok(0);
         }
         let leftover = loop {
-            if !self.body.leftover.is_empty() {
-                break &mut self.body.leftover;
+            if self
+                .body
+                .leftover
+                .as_ref()
+                .is_some_and(|rest| !rest.is_empty())
+            {
+                break self.body.leftover.as_mut().expect("checked just above");
             }
             match self.body.next() {
-                Some(chunk) => self.body.leftover = chunk?,
+                Some(chunk) => self.body.leftover = Some(chunk?),
                 None => return Ok(0),
             }
         };
