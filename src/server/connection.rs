@@ -14,6 +14,8 @@ use crate::io::rewind::Rewind;
 use crate::io::stream::Stream;
 use crate::runtime::timer::{Sleep, Timer};
 use crate::runtime::Pool;
+#[cfg(feature = "http2")]
+use crate::server::service::Http2Service;
 use crate::server::service::{ConnectionInfo, HyperService, SharedService};
 use crate::server::shutdown::{ConnectionGuard, Signal};
 use crate::server::socket::Conn;
@@ -269,7 +271,9 @@ where
     watch.keep_alive_only = true;
     watch.activity.on_http2();
     watch.open.switch(Open::Http2);
-    watch.run(boxed_http2(protocols, io, service)).await
+    watch
+        .run(boxed_http2(protocols, io, Http2Service(service)))
+        .await
 }
 
 /// hyper's HTTP/2 connection, boxed by a function of its own: see
@@ -279,8 +283,8 @@ where
 fn boxed_http2<I>(
     protocols: &Protocols,
     io: I,
-    service: HyperService,
-) -> Pin<Box<hyper::server::conn::http2::Connection<I, HyperService, crate::runtime::Executor>>>
+    service: Http2Service,
+) -> Pin<Box<hyper::server::conn::http2::Connection<I, Http2Service, crate::runtime::Executor>>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -328,7 +332,7 @@ where
 
 #[cfg(feature = "http2")]
 impl<I> Graceful
-    for hyper::server::conn::http2::Connection<I, HyperService, crate::runtime::Executor>
+    for hyper::server::conn::http2::Connection<I, Http2Service, crate::runtime::Executor>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

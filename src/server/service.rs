@@ -273,7 +273,64 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             }
             // Not on a worker free to run it: queued below.
         }
-        let request = self.user_request(request.take().expect("the handler has not run"));
+        let request = request.take().expect("the handler has not run");
+        self.queue(request, method, uri, in_flight, access)
+    }
+}
+
+/// The service hyper sees for an HTTP/2 connection: the handler runs when
+/// its stream's response future is first polled ([`StreamResponse`]), not
+/// as a job. A type of its own, so that HTTP/1's `PendingResponse` (inlined
+/// into hyper's HTTP/1 dispatcher) stays as small as it is.
+#[cfg(feature = "http2")]
+#[derive(Clone)]
+pub(crate) struct Http2Service(pub(crate) HyperService);
+
+#[cfg(feature = "http2")]
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Http2Service {
+    type Response = http::Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = StreamResponse;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> StreamResponse {
+        let service = &self.0;
+        let in_flight = service.activity.request_started();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let access = service.access_log.then(|| {
+            Box::new(AccessRecord {
+                peer: service.info.peer_addr,
+                method: method.clone(),
+                uri: uri.clone(),
+                version: request.version(),
+                started: std::time::Instant::now(),
+                status: StatusCode::OK,
+                bytes: 0,
+            })
+        });
+        StreamResponse::Start(Some(Deferred {
+            service: service.clone(),
+            request,
+            method,
+            uri,
+            in_flight,
+            access,
+        }))
+    }
+}
+
+impl HyperService {
+    /// The handler as a job of the pool, for a request whose handler cannot
+    /// run where its future is polled.
+    fn queue(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        method: Method,
+        uri: Uri,
+        in_flight: InFlight,
+        access: Option<Box<AccessRecord>>,
+    ) -> PendingResponse {
+        let request = self.user_request(request);
         let service = self.service.clone();
         let info = self.info.clone();
         let call = self
@@ -287,9 +344,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
             access,
         })
     }
-}
 
-impl HyperService {
     /// The request as the handler sees it. Inlined, as are `finish` and
     /// `Pool::try_inline`: each call boundary a request or response crossed
     /// by value was a `memcpy` (callgrind: 60 to 100 instructions a request).
@@ -385,8 +440,7 @@ pub(crate) enum PendingResponse {
     /// The handler ran inline (`HyperService::call`); `None` once taken.
     Ready(Option<http::Response<ResponseBody>>),
     /// The handler runs as a job of the pool. Not boxed: `Ready` is the
-    /// larger variant, so this one costs no room, and a box would cost an
-    /// allocation per request on HTTP/2, where handlers are always queued.
+    /// larger variant, so this one costs no room.
     Queued(Queued),
 }
 
@@ -438,6 +492,87 @@ impl Future for PendingResponse {
                     &queued.upgrades,
                 )))
             }
+        }
+    }
+}
+
+/// An HTTP/2 stream's response: its handler starts at the first poll.
+///
+/// hyper polls each stream's response future in a task of the stream's own,
+/// not in the connection's, so a handler that blocks there holds up no other
+/// stream, as with a job; and it costs no job, no queueing and no second
+/// wake-up of the stream's task.
+// Not boxed on purpose: the future lives in its stream's task, one
+// allocation already, and a box would be a second one per request.
+#[allow(clippy::large_enum_variant)]
+#[cfg(feature = "http2")]
+pub(crate) enum StreamResponse {
+    /// Not polled yet; `None` once started.
+    Start(Option<Deferred>),
+    /// Started: ready, or queued as a job where this thread could not run it.
+    Started(PendingResponse),
+}
+
+/// A stream's request whose handler has not run yet.
+#[cfg(feature = "http2")]
+pub(crate) struct Deferred {
+    service: HyperService,
+    request: http::Request<hyper::body::Incoming>,
+    method: Method,
+    uri: Uri,
+    in_flight: InFlight,
+    access: Option<Box<AccessRecord>>,
+}
+
+#[cfg(feature = "http2")]
+impl Deferred {
+    /// Runs the handler on this thread if it is a free worker (see
+    /// `Pool::try_inline`), else queues it as a job.
+    fn start(self) -> PendingResponse {
+        let Deferred {
+            service,
+            request,
+            method,
+            uri,
+            in_flight,
+            access,
+        } = self;
+        let mut request = Some(request);
+        let inline = service.pool.try_inline(|| {
+            let request = service.user_request(request.take().expect("called once"));
+            service.service.call_shared(request, service.info.clone())
+        });
+        match inline {
+            Ok(outcome) => PendingResponse::Ready(Some(finish(
+                outcome,
+                &method,
+                &uri,
+                in_flight,
+                access,
+                &service.upgrades,
+            ))),
+            Err(_) => {
+                let request = request.take().expect("the handler has not run");
+                service.queue(request, method, uri, in_flight, access)
+            }
+        }
+    }
+}
+
+#[cfg(feature = "http2")]
+impl Future for StreamResponse {
+    type Output = Result<http::Response<ResponseBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // No variant is structurally pinned.
+        let this = Pin::into_inner(self);
+        if let StreamResponse::Start(deferred) = this {
+            let deferred = deferred.take().expect("started once");
+            *this = StreamResponse::Started(deferred.start());
+        }
+        match this {
+            StreamResponse::Started(pending) => Pin::new(pending).poll(cx),
+            StreamResponse::Start(_) => unreachable!("started above"),
         }
     }
 }
