@@ -379,6 +379,7 @@ impl HyperService {
 ///
 /// Never for HTTP/2: hyper calls the service from the connection's task, so a
 /// blocking handler there would stall every other stream of the connection.
+/// HTTP/2 handlers run in their stream's own task instead (`StreamResponse`).
 fn may_run_inline(request: &http::Request<hyper::body::Incoming>) -> bool {
     request.version() < http::Version::HTTP_2 && http_body::Body::is_end_stream(request.body())
 }
