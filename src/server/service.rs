@@ -240,21 +240,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HyperServ
     type Future = PendingResponse;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> PendingResponse {
-        let in_flight = self.activity.request_started();
-        // Kept to name the request if its handler panics, and for the log.
-        let method = request.method().clone();
-        let uri = request.uri().clone();
-        let access = self.access_log.then(|| {
-            Box::new(AccessRecord {
-                peer: self.info.peer_addr,
-                method: method.clone(),
-                uri: uri.clone(),
-                version: request.version(),
-                started: std::time::Instant::now(),
-                status: StatusCode::OK,
-                bytes: 0,
-            })
-        });
+        let (in_flight, method, uri, access) = self.start_request(&request);
         let mut request = Some(request);
         if may_run_inline(request.as_ref().expect("not taken yet")) {
             // The response is finished here, and hyper polls a future that
@@ -294,20 +280,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Http2Serv
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> StreamResponse {
         let service = &self.0;
-        let in_flight = service.activity.request_started();
-        let method = request.method().clone();
-        let uri = request.uri().clone();
-        let access = service.access_log.then(|| {
-            Box::new(AccessRecord {
-                peer: service.info.peer_addr,
-                method: method.clone(),
-                uri: uri.clone(),
-                version: request.version(),
-                started: std::time::Instant::now(),
-                status: StatusCode::OK,
-                bytes: 0,
-            })
-        });
+        let (in_flight, method, uri, access) = service.start_request(&request);
         StreamResponse::Start(Some(Deferred {
             service: service.clone(),
             request,
@@ -320,6 +293,31 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Http2Serv
 }
 
 impl HyperService {
+    /// What every request starts with, over either protocol: it counts as in
+    /// flight; its method and URI are kept to name it if its handler panics;
+    /// with `Server::access_log`, its record is begun.
+    #[inline(always)]
+    fn start_request(
+        &self,
+        request: &http::Request<hyper::body::Incoming>,
+    ) -> (InFlight, Method, Uri, Option<Box<AccessRecord>>) {
+        let in_flight = self.activity.request_started();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let access = self.access_log.then(|| {
+            Box::new(AccessRecord {
+                peer: self.info.peer_addr,
+                method: method.clone(),
+                uri: uri.clone(),
+                version: request.version(),
+                started: std::time::Instant::now(),
+                status: StatusCode::OK,
+                bytes: 0,
+            })
+        });
+        (in_flight, method, uri, access)
+    }
+
     /// The handler as a job of the pool, for a request whose handler cannot
     /// run where its future is polled.
     fn queue(
